@@ -1,0 +1,32 @@
+# All set-up happens here: `make demo` and `make test` install into .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export TF_CPP_MIN_LOG_LEVEL := 2
+
+.PHONY: install test test-slow demo bench clean-venv
+
+install: $(STAMP)
+
+# Reinstalls only when the pins or the package metadata change.
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: install
+	$(PY) -m pytest -q -m slow
+
+demo: install
+	$(PY) scripts/bench_quantizers.py
+
+bench: install
+	$(PY) scripts/bench_quantizers.py
+
+clean-venv:
+	rm -rf $(VENV)
