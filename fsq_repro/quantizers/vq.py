@@ -1,0 +1,112 @@
+"""Vector quantization as in MaskGIT's tokenizer, with the entropy loss and UViM's splitting.
+
+Nearest neighbour in squared L2; loss = codebook term + commitment_cost * commitment term
+(+ entropy loss); straight-through gradients. Losses are means over the whole (global)
+batch: under jit with a sharded batch this is the correct cross-device mean.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from fsq_repro.quantizers.interface import QuantizerOutput, batch_code_stats
+
+
+def squared_distances(z: jax.Array, codebook: jax.Array) -> jax.Array:
+  """||z_i - c_j||^2 for z (N, d) and codebook (K, d), as (N, K), in float32."""
+  z = z.astype(jnp.float32)
+  codebook = codebook.astype(jnp.float32)
+  return (jnp.sum(z**2, axis=1, keepdims=True) - 2.0 * z @ codebook.T
+          + jnp.sum(codebook**2, axis=1)[None, :])
+
+
+def entropy_loss(distances: jax.Array, temperature: float) -> jax.Array:
+  """MaskGIT's codebook entropy loss: mean per-token entropy minus entropy of the mean.
+
+  p_i = softmax(-d_i / T). Minimising it makes each token confident about one code
+  while spreading the batch over many codes. The 1e-5 terms follow MaskGIT.
+  """
+  logits = -distances / temperature
+  probs = jax.nn.softmax(logits, axis=-1)
+  log_probs = jax.nn.log_softmax(logits + 1e-5, axis=-1)
+  per_token_entropy = -jnp.mean(jnp.sum(probs * log_probs, axis=-1))
+  mean_probs = jnp.mean(probs, axis=0)
+  entropy_of_mean = -jnp.sum(mean_probs * jnp.log(mean_probs + 1e-5))
+  return per_token_entropy - entropy_of_mean
+
+
+class VectorQuantizer(nn.Module):
+  """MaskGIT's VQ layer behind the common quantizer interface.
+
+  With `track_usage=True` the module counts code assignments during training in the
+  mutable collection "vq_usage"; `split_unused_codes` uses those counts.
+  """
+  codebook_size: int
+  codebook_dim: int
+  commitment_cost: float = 0.25
+  entropy_loss_weight: float = 0.0
+  entropy_temperature: float = 0.01
+  track_usage: bool = False
+
+  @property
+  def latent_dim(self) -> int:
+    return self.codebook_dim
+
+  def setup(self):
+    if self.codebook_size < 2:
+      raise ValueError(f"codebook_size={self.codebook_size} must be at least 2")
+    init = nn.initializers.variance_scaling(1.0, "fan_in", "uniform")
+    self.codebook = self.param("codebook", init, (self.codebook_size, self.codebook_dim))
+    if self.track_usage:
+      self.usage_counts = self.variable(
+          "vq_usage", "counts", jnp.zeros, (self.codebook_size,), jnp.float32)
+
+  def __call__(self, z: jax.Array, *, train: bool = False):
+    if z.shape[-1] != self.codebook_dim:
+      raise ValueError(f"VQ with codebook_dim={self.codebook_dim} got z of shape {z.shape}")
+    z32 = z.astype(jnp.float32)
+    flat = z32.reshape(-1, self.codebook_dim)
+    distances = squared_distances(flat, self.codebook)
+    flat_indices = jnp.argmin(distances, axis=-1).astype(jnp.int32)
+    quantized = jnp.take(self.codebook, flat_indices, axis=0).reshape(z32.shape)
+
+    codebook_loss = jnp.mean((quantized - jax.lax.stop_gradient(z32))**2)
+    commitment_loss = jnp.mean((jax.lax.stop_gradient(quantized) - z32)**2)
+    loss = codebook_loss + self.commitment_cost * commitment_loss
+    stats = batch_code_stats(flat_indices)
+    stats.update(codebook_loss=codebook_loss, commitment_loss=commitment_loss)
+    if self.entropy_loss_weight:
+      ent = entropy_loss(distances, self.entropy_temperature)
+      loss = loss + self.entropy_loss_weight * ent
+      stats["entropy_loss"] = ent
+    if train and self.track_usage and self.is_mutable_collection("vq_usage"):
+      self.usage_counts.value += jnp.zeros_like(self.usage_counts.value).at[flat_indices].add(1.0)
+
+    zq = z32 + jax.lax.stop_gradient(quantized - z32)  # straight-through
+    indices = flat_indices.reshape(z.shape[:-1])
+    return zq.astype(z.dtype), QuantizerOutput(indices, loss, stats)
+
+  def decode_indices(self, indices: jax.Array) -> jax.Array:
+    return jnp.take(self.codebook, jnp.asarray(indices, jnp.int32), axis=0)
+
+
+def split_unused_codes(codebook: jax.Array, counts: jax.Array, rng: jax.Array,
+                       noise_scale: float = 1e-2) -> jax.Array:
+  """UViM-style codebook splitting: re-seed every unused code near a used one.
+
+  Each code with count 0 is replaced by a code drawn with probability proportional to
+  its usage, plus Gaussian noise of `noise_scale` times the codebook's RMS entry, so
+  popular codes split in two. Used codes are kept as they are. Call it every few thousand steps
+  with the counts from the "vq_usage" collection, then reset the counts to zero.
+  """
+  k = codebook.shape[0]
+  draw_rng, noise_rng = jax.random.split(rng)
+  used = counts > 0
+  logits = jnp.where(used, jnp.log(jnp.maximum(counts, 1e-30)), -jnp.inf)
+  donors = jax.random.categorical(draw_rng, logits, shape=(k,))
+  donor_codes = codebook[donors]
+  noise = jax.random.normal(noise_rng, codebook.shape, codebook.dtype)
+  noise = noise * noise_scale * jnp.sqrt(jnp.mean(codebook**2))
+  any_used = jnp.any(used)
+  replace = jnp.logical_and(~used, any_used)[:, None]
+  return jnp.where(replace, donor_codes + noise, codebook)

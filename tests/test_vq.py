@@ -1,0 +1,116 @@
+"""VQ layer (MaskGIT) against hand-computed values."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fsq_repro.quantizers import FiniteScalarQuantizer, VectorQuantizer, entropy_loss, split_unused_codes
+
+CODEBOOK = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]], np.float32)
+Z = np.array([[[0.1, -0.1], [0.9, 0.3]], [[0.2, 1.4], [-0.5, 0.0]]], np.float32)
+
+
+def _apply(vq, z, **kw):
+  return vq.apply({"params": {"codebook": jnp.asarray(CODEBOOK)}}, jnp.asarray(z), **kw)
+
+
+def test_nearest_neighbour_and_losses_by_hand():
+  vq = VectorQuantizer(codebook_size=3, codebook_dim=2, commitment_cost=0.25)
+  zq, out = _apply(vq, Z, train=True)
+  np.testing.assert_array_equal(out.indices, [[0, 1], [2, 0]])
+  quantized = CODEBOOK[[0, 1, 2, 0]].reshape(Z.shape)
+  np.testing.assert_allclose(zq, quantized, atol=1e-7)
+  mse = np.mean((quantized - Z)**2)
+  np.testing.assert_allclose(out.stats["codebook_loss"], mse, rtol=1e-6)
+  np.testing.assert_allclose(out.stats["commitment_loss"], mse, rtol=1e-6)
+  np.testing.assert_allclose(out.loss, 1.25 * mse, rtol=1e-6)
+  assert out.stats["codes_used_in_batch"] == 3
+  np.testing.assert_allclose(out.stats["perplexity"], np.exp(-(0.5 * np.log(0.5) + 2 * 0.25 * np.log(0.25))),
+                             rtol=1e-6)
+
+
+def test_gradients_straight_through_and_split_between_terms():
+  vq = VectorQuantizer(codebook_size=3, codebook_dim=2, commitment_cost=0.25)
+  w = np.arange(8, dtype=np.float32).reshape(Z.shape)
+
+  def f(codebook, z):
+    zq, out = vq.apply({"params": {"codebook": codebook}}, z, train=True)
+    return jnp.sum(zq * w), out.loss
+
+  # Straight-through: d sum(zq * w) / dz = w, and the codebook gets nothing from zq.
+  g_cb, g_z = jax.grad(lambda c, z: f(c, z)[0], argnums=(0, 1))(jnp.asarray(CODEBOOK), jnp.asarray(Z))
+  np.testing.assert_allclose(g_z, w)
+  np.testing.assert_allclose(g_cb, 0.0)
+  # Loss gradient: codebook gets 2 (q - z) / n, the encoder gets 0.25 * 2 (z - q) / n.
+  g_cb, g_z = jax.grad(lambda c, z: f(c, z)[1], argnums=(0, 1))(jnp.asarray(CODEBOOK), jnp.asarray(Z))
+  quantized = CODEBOOK[[0, 1, 2, 0]].reshape(Z.shape)
+  np.testing.assert_allclose(g_z, 0.25 * 2 * (Z - quantized) / Z.size, rtol=1e-5)
+  expected_cb = np.zeros_like(CODEBOOK)
+  np.add.at(expected_cb, [0, 1, 2, 0], (2 * (quantized - Z) / Z.size).reshape(-1, 2))
+  np.testing.assert_allclose(g_cb, expected_cb, rtol=1e-5, atol=1e-7)
+
+
+def _numpy_entropy_loss(distances, t):
+  logits = -distances / t
+  p = np.exp(logits - logits.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  shifted = logits + 1e-5
+  log_p = shifted - shifted.max(-1, keepdims=True)
+  log_p -= np.log(np.exp(log_p).sum(-1, keepdims=True))
+  per_token = -np.mean(np.sum(p * log_p, -1))
+  mean_p = p.mean(0)
+  return per_token + np.sum(mean_p * np.log(mean_p + 1e-5))
+
+
+def test_entropy_loss_matches_numpy_and_weights_into_loss():
+  rng = np.random.default_rng(0)
+  d = rng.uniform(0, 0.1, (50, 7)).astype(np.float32)
+  np.testing.assert_allclose(entropy_loss(jnp.asarray(d), 0.01), _numpy_entropy_loss(d, 0.01),
+                             rtol=1e-4, atol=1e-5)
+  plain = VectorQuantizer(3, 2)
+  with_entropy = VectorQuantizer(3, 2, entropy_loss_weight=0.1, entropy_temperature=0.01)
+  _, out0 = _apply(plain, Z, train=True)
+  _, out1 = _apply(with_entropy, Z, train=True)
+  dist = ((Z.reshape(-1, 1, 2) - CODEBOOK[None])**2).sum(-1)
+  np.testing.assert_allclose(out1.loss - out0.loss, 0.1 * _numpy_entropy_loss(dist, 0.01), rtol=1e-4)
+
+
+def test_entropy_loss_prefers_confident_and_diverse_assignments():
+  confident_diverse = jnp.asarray([[0.0, 1.0], [1.0, 0.0]] * 4)
+  confident_collapsed = jnp.asarray([[0.0, 1.0]] * 8)
+  assert entropy_loss(confident_diverse, 0.01) < entropy_loss(confident_collapsed, 0.01) - 0.5
+
+
+def test_decode_indices_and_bfloat16_dtype():
+  vq = VectorQuantizer(3, 2)
+  params = {"params": {"codebook": jnp.asarray(CODEBOOK)}}
+  np.testing.assert_array_equal(vq.apply(params, jnp.asarray([2, 1]), method="decode_indices"),
+                                CODEBOOK[[2, 1]])
+  zq, out = vq.apply(params, jnp.asarray(Z, jnp.bfloat16))
+  assert zq.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(out.indices, [[0, 1], [2, 0]])
+
+
+def test_usage_tracking_and_splitting():
+  vq = VectorQuantizer(3, 2, track_usage=True)
+  variables = {"params": {"codebook": jnp.asarray(CODEBOOK)},
+               "vq_usage": {"counts": jnp.zeros(3)}}
+  z = np.array([[0.1, 0.0], [0.9, 0.1], [1.1, 0.0]], np.float32)
+  _, updates = vq.apply(variables, jnp.asarray(z), train=True, mutable=["vq_usage"])
+  counts = updates["vq_usage"]["counts"]
+  np.testing.assert_array_equal(counts, [1, 2, 0])
+  new = split_unused_codes(jnp.asarray(CODEBOOK), counts, jax.random.key(0), noise_scale=1e-2)
+  np.testing.assert_array_equal(new[:2], CODEBOOK[:2])  # used codes stay
+  near = np.min(np.linalg.norm(np.asarray(new[2]) - CODEBOOK[:2], axis=-1))
+  assert 0 < near < 0.1  # the unused code now sits next to a used one
+
+
+def test_both_quantizers_share_the_interface():
+  z = jax.random.normal(jax.random.key(0), (2, 4, 4, 3))
+  for q in (FiniteScalarQuantizer(levels=(8, 5, 5)), VectorQuantizer(16, 3)):
+    variables = q.init(jax.random.key(1), z)
+    zq, out = q.apply(variables, z, train=True)
+    assert zq.shape == z.shape and out.indices.shape == (2, 4, 4) and out.indices.dtype == jnp.int32
+    assert out.loss.shape == () and set(out.stats) >= {"codes_used_in_batch", "perplexity"}
+    decoded = q.apply(variables, out.indices, method="decode_indices")
+    np.testing.assert_allclose(decoded, zq, atol=1e-6)
