@@ -1,0 +1,321 @@
+"""Input pipeline: TFDS split -> per-process, deterministic, resumable batches.
+
+The batch at step s is a pure function of (dataset, split, seed, s, process):
+each epoch's order comes from a shuffle seeded by (seed, epoch), and every
+random augmentation from stateless ops keyed by (seed, process, epoch,
+position in epoch). A run resumed at `start_step` therefore yields exactly the
+batches an uninterrupted run yields from that step on: whole epochs are skipped
+by arithmetic, and within an epoch the skipped records are never decoded.
+
+MaskGIT never published its training input code; we use the usual recipe of
+its VQGAN lineage. Train takes a random square crop whose side is the image's
+short side, resizes it to `image_size` and flips it horizontally with
+probability 1/2 (the same as resizing the short side, then random-cropping);
+eval resizes the short side and takes the center crop. Images are float32 in
+[0, 1]. Every batch also carries `mask` (False marks padding, see
+`create_split`).
+"""
+
+import contextlib
+import fcntl
+import math
+import os
+from typing import Iterator
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import jax  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
+import tensorflow as tf  # pylint: disable=g-import-not-at-top
+import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+from fsq_repro.data import embedded  # pylint: disable=g-import-not-at-top
+
+EMBEDDED_DATASET = embedded.FsqPhotoCrops.name  # "fsq_photo_crops"
+# Records held for shuffling; for ImageNet (~110 kB per JPEG) about 1.8 GB.
+SHUFFLE_BUFFER = 16_384
+_IMAGENET_TARS = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
+
+
+def _hide_accelerators_from_tf() -> None:
+  """Keeps TF on the CPU so it never takes GPU memory that JAX needs."""
+  try:
+    tf.config.set_visible_devices([], "GPU")
+  except RuntimeError:
+    # TF was initialised earlier in this process; its devices are fixed now.
+    pass
+
+
+_hide_accelerators_from_tf()
+
+
+def default_data_dir() -> str:
+  """TFDS data dir used when none is given: $FSQ_DATA_DIR or the user cache."""
+  return (os.environ.get("FSQ_DATA_DIR")
+          or os.path.expanduser("~/.cache/fsq_repro/tfds"))
+
+
+def _builder(dataset_name: str, data_dir: str | None):
+  """The TFDS builder of a known image/label dataset (maybe not prepared)."""
+  base_name = dataset_name.split("/")[0].split(":")[0]
+  if base_name not in tfds.list_builders(with_community_datasets=False):
+    raise ValueError(
+        f"dataset_name={dataset_name!r} is not a TFDS dataset; use "
+        f"{EMBEDDED_DATASET!r} (embedded, offline), 'imagenet2012', 'cifar10' "
+        "or another name from tfds.list_builders()")
+  builder = tfds.builder(dataset_name, data_dir=data_dir or default_data_dir())
+  features = builder.info.features
+  if ("image" not in features or "label" not in features or
+      not isinstance(features["label"], tfds.features.ClassLabel)):
+    raise ValueError(f"dataset_name={dataset_name!r} lacks an 'image' feature "
+                     "and a ClassLabel 'label' feature; pick an image dataset")
+  return builder
+
+
+def _prepared_builder(dataset_name: str, data_dir: str | None):
+  builder = _builder(dataset_name, data_dir)
+  if builder.is_prepared():
+    return builder
+  _check_manual_data(builder)
+  with _file_lock(os.path.join(builder.data_dir_root, builder.name + ".lock")):
+    if not builder.is_prepared():
+      builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+          try_download_gcs=False))
+      return builder
+  # Another process prepared it while we waited: load the info it wrote.
+  return _builder(dataset_name, data_dir)
+
+
+def _check_manual_data(builder) -> None:
+  """Fails early, in one line, when a manual-download dataset has no data."""
+  if not builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
+    return
+  manual_dir = os.path.join(builder.data_dir_root, "downloads", "manual")
+  if builder.name == "imagenet2012":
+    missing = [f for f in _IMAGENET_TARS
+               if not os.path.exists(os.path.join(manual_dir, f))]
+    if missing:
+      raise FileNotFoundError(
+          f"imagenet2012 is not prepared in {builder.data_dir_root} (missing "
+          f"{', '.join(missing)}): download "
+          f"{' and '.join(_IMAGENET_TARS)} from https://image-net.org into "
+          f"{manual_dir} (the TFDS manual dir), or "
+          "point data_dir / $FSQ_DATA_DIR at a prepared imagenet2012")
+  elif not (os.path.isdir(manual_dir) and os.listdir(manual_dir)):
+    raise FileNotFoundError(
+        f"{builder.name} needs a manual download into {manual_dir}: "
+        + " ".join(builder.MANUAL_DOWNLOAD_INSTRUCTIONS.split()))
+
+
+@contextlib.contextmanager
+def _file_lock(path: str):
+  """Serialises dataset preparation between processes on one machine."""
+  if "://" in path:  # Remote data dirs (gs://) are prepared beforehand.
+    yield
+    return
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w") as lock_file:
+    fcntl.flock(lock_file, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+def num_examples(dataset_name: str, split: str, *,
+                 data_dir: str | None = None) -> int:
+  """Examples in `split` (any TFDS split string, e.g. 'train[:10%]')."""
+  builder = _prepared_builder(dataset_name, data_dir)
+  return builder.info.splits[split].num_examples
+
+
+def num_classes(dataset_name: str, *, data_dir: str | None = None) -> int:
+  """Number of label classes of `dataset_name` (needs no prepared data)."""
+  return _builder(dataset_name, data_dir).info.features["label"].num_classes
+
+
+def preprocess_image(image: tf.Tensor, image_size: int,
+                     augment_seed: tf.Tensor | None) -> tf.Tensor:
+  """uint8 [H, W, 3] -> float32 [image_size, image_size, 3] in [0, 1].
+
+  With `augment_seed` (a stateless [2] seed): random short-side square crop and
+  random horizontal flip. Without: center crop.
+  """
+  height, width = tf.shape(image)[0], tf.shape(image)[1]
+  side = tf.minimum(height, width)
+  if augment_seed is None:
+    top, left, flip = (height - side) // 2, (width - side) // 2, False
+  else:
+    top_seed, left_seed, flip_seed = tf.unstack(
+        tf.random.experimental.stateless_split(augment_seed, 3))
+    top = tf.random.stateless_uniform(
+        [], top_seed, minval=0, maxval=height - side + 1, dtype=tf.int32)
+    left = tf.random.stateless_uniform(
+        [], left_seed, minval=0, maxval=width - side + 1, dtype=tf.int32)
+    flip = tf.random.stateless_uniform([], flip_seed) < 0.5
+  square = image[top:top + side, left:left + side]
+  resized = tf.image.resize(square, [image_size, image_size], method="bicubic",
+                            antialias=True)
+  if augment_seed is not None:
+    resized = tf.cond(flip, lambda: resized[:, ::-1], lambda: resized)
+  return tf.clip_by_value(resized / 255.0, 0.0, 1.0)
+
+
+def _epoch_seeds(seed: int, epoch: int, process_index: int) -> tuple[int, list]:
+  """(shuffle seed, stateless augmentation key) of one epoch on one process."""
+  shuffle_seed = np.random.SeedSequence([seed, epoch, 0]).generate_state(1)[0]
+  augment_key = np.random.SeedSequence(
+      [seed, epoch, 1, process_index]).generate_state(2)
+  return int(shuffle_seed), [int(k) for k in augment_key]
+
+
+def _epoch_dataset(builder, shard, *, shard_size: int, steps: int,
+                   batch_size: int, image_size: int, train: bool, seed: int,
+                   epoch: int, process_index: int,
+                   skip: int) -> tf.data.Dataset:
+  """One epoch's batches from `skip` examples in: `steps` full batches."""
+  shuffle_seed, augment_key = _epoch_seeds(seed, epoch, process_index)
+  records = builder.as_dataset(
+      split=shard, shuffle_files=train,
+      read_config=tfds.ReadConfig(shuffle_seed=shuffle_seed,
+                                  try_autocache=False),
+      decoders={"image": tfds.decode.SkipDecoding()})
+  records = records.map(lambda x: {"image": x["image"], "label": x["label"]})
+  if train:
+    # An op seed without a TF global seed is a fixed stream; we never set one.
+    records = records.shuffle(min(shard_size, SHUFFLE_BUFFER),
+                              seed=shuffle_seed)
+  num_real = min(shard_size, steps * batch_size)
+
+  def decode(index, record):
+    image = tf.io.decode_image(record["image"], channels=3,
+                               expand_animations=False)
+    augment_seed = None
+    if train:
+      augment_seed = tf.random.experimental.stateless_fold_in(
+          tf.constant(augment_key, tf.int64), index)
+    return {"image": preprocess_image(image, image_size, augment_seed),
+            "label": tf.cast(record["label"], tf.int32),
+            "mask": tf.constant(True)}
+
+  # Skip before decoding so that resuming costs only reading the records.
+  examples = records.take(num_real).enumerate().skip(skip).map(
+      decode, num_parallel_calls=tf.data.AUTOTUNE)
+  num_padding = steps * batch_size - num_real
+  if num_padding:
+    padding = tf.data.Dataset.from_tensors({
+        "image": tf.zeros([image_size, image_size, 3], tf.float32),
+        "label": tf.constant(0, tf.int32),
+        "mask": tf.constant(False)}).repeat(num_padding)
+    examples = examples.concatenate(padding.skip(max(0, skip - num_real)))
+  return examples.batch(batch_size, drop_remainder=True).prefetch(
+      tf.data.AUTOTUNE)
+
+
+def _process_shards(builder, split: str, *, process_count: int,
+                    drop_remainder: bool, batch_size: int):
+  """Every process's slice of `split`, their sizes, and steps per epoch."""
+  try:
+    builder.info.splits[split]  # Parses slices such as 'train[:10%]' too.
+  except (KeyError, ValueError) as e:
+    raise ValueError(f"split={split!r} of {builder.name}: {e}") from e
+  shards = [tfds.split_for_jax_process(split, process_index=i,
+                                       process_count=process_count,
+                                       drop_remainder=drop_remainder)
+            for i in range(process_count)]
+  sizes = [builder.info.splits[shard].num_examples for shard in shards]
+  if drop_remainder:  # The shards then hold equally many examples.
+    steps_per_epoch = min(sizes) // batch_size
+  else:  # Every process pads up to the largest shard.
+    steps_per_epoch = math.ceil(max(sizes) / batch_size)
+  if steps_per_epoch == 0:
+    raise ValueError(
+        f"batch_size={batch_size} exceeds the {min(sizes)} examples per "
+        f"process of {builder.name} {split}; lower it")
+  return shards, sizes, steps_per_epoch
+
+
+def _check_positive(**values) -> None:
+  for name, value in values.items():
+    if not isinstance(value, int) or value <= 0:
+      raise ValueError(f"{name}={value!r} must be a positive int")
+
+
+def create_split(
+    dataset_name: str,
+    split: str,
+    *,
+    batch_size: int,
+    image_size: int,
+    train: bool,
+    seed: int = 0,
+    start_step: int = 0,
+    data_dir: str | None = None,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    drop_remainder: bool | None = None,
+    num_epochs: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+  """This process's batches of `split`: {'image', 'label', 'mask'} numpy dicts.
+
+  Args:
+    dataset_name: a TFDS name with 'image' and 'label' features, e.g.
+      'fsq_photo_crops' (embedded, prepared on first use), 'imagenet2012'.
+    split: a TFDS split string; each process reads its own even slice of it.
+    batch_size: examples per batch on this process.
+    image_size: output height and width.
+    train: shuffle every epoch and augment (random crop + flip), or not.
+    seed: non-negative int; with `start_step` it fixes every batch.
+    start_step: index of the first batch yielded (resume from a checkpoint).
+    data_dir: TFDS data dir; default `default_data_dir()`.
+    process_index, process_count: this process's slice; default from JAX.
+    drop_remainder: True: an epoch is floor(examples per process / batch)
+      full batches (the leftover examples differ from epoch to epoch when
+      training). False: an epoch covers every example once and all processes
+      yield the same number of batches, the last ones padded with zero images
+      whose `mask` is False. Default: `train`.
+    num_epochs: epochs counted from step 0 (None: forever when training,
+      1 otherwise).
+
+  Returns:
+    An iterator of dicts: 'image' float32 [B, image_size, image_size, 3] in
+    [0, 1], 'label' int32 [B], 'mask' bool [B].
+  """
+  _check_positive(batch_size=batch_size, image_size=image_size)
+  if not isinstance(seed, int) or seed < 0:
+    raise ValueError(f"seed={seed!r} must be a non-negative int")
+  if not isinstance(start_step, int) or start_step < 0:
+    raise ValueError(f"start_step={start_step!r} must be a non-negative int")
+  if num_epochs is not None:
+    _check_positive(num_epochs=num_epochs)
+  if process_index is None:
+    process_index = jax.process_index()
+  if process_count is None:
+    process_count = jax.process_count()
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index={process_index} must lie in "
+                     f"[0, process_count={process_count})")
+  drop_remainder = train if drop_remainder is None else drop_remainder
+  if num_epochs is None and not train:
+    num_epochs = 1
+
+  builder = _prepared_builder(dataset_name, data_dir)
+  shards, sizes, steps_per_epoch = _process_shards(
+      builder, split, process_count=process_count,
+      drop_remainder=drop_remainder, batch_size=batch_size)
+
+  def make_epoch(epoch: int, skip: int) -> tf.data.Dataset:
+    return _epoch_dataset(
+        builder, shards[process_index], shard_size=sizes[process_index],
+        steps=steps_per_epoch, batch_size=batch_size, image_size=image_size,
+        train=train, seed=seed, epoch=epoch, process_index=process_index,
+        skip=skip)
+
+  def batches():
+    epoch, step_in_epoch = divmod(start_step, steps_per_epoch)
+    while num_epochs is None or epoch < num_epochs:
+      epoch_batches = make_epoch(epoch, step_in_epoch * batch_size)
+      yield from epoch_batches.as_numpy_iterator()
+      epoch, step_in_epoch = epoch + 1, 0
+
+  return batches()

@@ -1,0 +1,209 @@
+"""Tests of the embedded dataset and the deterministic, resumable pipeline."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # pylint: disable=g-import-not-at-top
+import pytest  # pylint: disable=g-import-not-at-top
+import tensorflow as tf  # pylint: disable=g-import-not-at-top
+import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+from fsq_repro.data import embedded  # pylint: disable=g-import-not-at-top
+from fsq_repro.data import pipeline  # pylint: disable=g-import-not-at-top
+
+NUM_CLASSES = len(embedded.CLASS_NAMES)
+
+
+class FsqTestRectangles(tfds.core.GeneratorBasedBuilder):
+  """A tiny non-square TFDS dataset: pixel value = column, label = index % 3."""
+
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _info(self):
+    return tfds.core.DatasetInfo(
+        builder=self, description="Test images whose pixels store the column.",
+        features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(20, 36, 3)),
+            "label": tfds.features.ClassLabel(num_classes=3)}))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {"train": self._generate_examples()}
+
+  def _generate_examples(self):
+    columns = np.broadcast_to(np.arange(36, dtype=np.uint8)[None, :, None],
+                              (20, 36, 3))
+    for i in range(10):
+      yield i, {"image": columns + np.uint8(100 + i), "label": i % 3}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp("tfds"))
+  assert pipeline.num_examples(pipeline.EMBEDDED_DATASET, "train",
+                               data_dir=path) > 0  # Prepares the dataset.
+  return path
+
+
+def _take(iterator, count):
+  return [next(iterator) for _ in range(count)]
+
+
+def _embedded_split(data_dir, split, **kwargs):
+  args = dict(batch_size=16, image_size=32, train=True, seed=3,
+              data_dir=data_dir, process_index=0, process_count=1)
+  args.update(kwargs)
+  return pipeline.create_split(pipeline.EMBEDDED_DATASET, split, **args)
+
+
+def test_builder_prepares_versioned_splits_with_description(data_dir):
+  builder = tfds.builder(pipeline.EMBEDDED_DATASET, data_dir=data_dir)
+  assert builder.is_prepared()
+  assert str(builder.info.version) == "1.0.0"
+  assert "scikit-image" in builder.info.description
+  assert pipeline.num_examples(pipeline.EMBEDDED_DATASET, "train",
+                               data_dir=data_dir) == 512 * NUM_CLASSES
+  assert pipeline.num_examples(pipeline.EMBEDDED_DATASET, "validation",
+                               data_dir=data_dir) == 128 * NUM_CLASSES
+  assert pipeline.num_classes(pipeline.EMBEDDED_DATASET,
+                              data_dir=data_dir) == NUM_CLASSES
+
+
+def test_batches_have_shapes_dtypes_and_range(data_dir):
+  batch = next(_embedded_split(data_dir, "train"))
+  assert batch["image"].shape == (16, 32, 32, 3)
+  assert batch["image"].dtype == np.float32
+  assert batch["label"].shape == (16,) and batch["label"].dtype == np.int32
+  assert batch["mask"].all()
+  assert 0.0 <= batch["image"].min() and batch["image"].max() <= 1.0
+  assert batch["image"].std() > 0.05  # Real photo content, not a constant.
+  assert ((0 <= batch["label"]) & (batch["label"] < NUM_CLASSES)).all()
+
+
+def test_validation_pass_holds_each_example_once_and_pads(data_dir):
+  batches = list(_embedded_split(data_dir, "validation", batch_size=100,
+                                 train=False))
+  assert len(batches) == 11  # ceil(1024 / 100), the last one padded.
+  masks = np.concatenate([b["mask"] for b in batches])
+  labels = np.concatenate([b["label"] for b in batches])[masks]
+  images = np.concatenate([b["image"] for b in batches])
+  assert masks.sum() == 1024 and not masks[1024:].any()
+  np.testing.assert_array_equal(np.bincount(labels), [128] * NUM_CLASSES)
+  assert not images[~masks].any()
+
+
+def test_train_and_validation_crops_come_from_disjoint_columns(data_dir):
+  builder = tfds.builder(pipeline.EMBEDDED_DATASET, data_dir=data_dir)
+  splits = {split: tfds.as_numpy(builder.as_dataset(split, batch_size=-1))
+            for split in ("train", "validation")}
+  for split in splits.values():  # Each image is its recorded source box.
+    for image, label, (top, left, bottom, right) in zip(
+        split["image"], split["label"], split["source_box"]):
+      photo = embedded.load_photo(embedded.CLASS_NAMES[label])
+      np.testing.assert_array_equal(image, photo[top:bottom, left:right])
+  for label in range(NUM_CLASSES):
+    train, val = (s["source_box"][s["label"] == label] for s in splits.values())
+    assert len(train) == 512 and len(val) == 128
+    assert train[:, 3].max() <= val[:, 1].min()  # Train right <= val left.
+    assert len({tuple(b) for b in val}) == len(val)  # No repeated crop.
+
+
+def test_resume_across_epoch_boundary_matches_uninterrupted_run(data_dir):
+  # 96 examples / batch 16 = 6 steps per epoch: resuming at step 4 runs on
+  # into epoch 1; resuming at step 8 skips epoch 0 by arithmetic.
+  full = _take(_embedded_split(data_dir, "train[:96]"), 12)
+  for start_step in (4, 8):
+    resumed = _take(_embedded_split(data_dir, "train[:96]",
+                                    start_step=start_step), 12 - start_step)
+    for expected, got in zip(full[start_step:], resumed):
+      for key in expected:
+        np.testing.assert_array_equal(expected[key], got[key])
+  # Each epoch reshuffles the same 96 crops and redraws every flip (a crop's
+  # random square is the whole 40x40 crop, so only the flip can change it).
+  epoch0 = np.concatenate([b["image"] for b in full[:6]])
+  epoch1 = np.concatenate([b["image"] for b in full[6:12]])
+  assert not np.array_equal(epoch0, epoch1)
+  flips = []
+  for image in epoch1:
+    same = (epoch0 == image).all((1, 2, 3))
+    mirrored = (epoch0[:, :, ::-1] == image).all((1, 2, 3))
+    assert same.sum() + mirrored.sum() >= 1
+    flips.append(not same.any())
+  assert 20 < sum(flips) < 76  # Binomial(96, 1/2), not a constant flip.
+  other_seed = next(_embedded_split(data_dir, "train[:96]", seed=4))
+  assert not np.array_equal(other_seed["image"], full[0]["image"])
+
+
+def test_process_shards_are_disjoint_and_cover_the_split(data_dir):
+  def real_images(process_index, process_count):
+    batches = list(_embedded_split(
+        data_dir, "validation[:101]", batch_size=8, train=False,
+        process_index=process_index, process_count=process_count))
+    return len(batches), np.concatenate(
+        [b["image"][b["mask"]] for b in batches])
+
+  (steps0, shard0), (steps1, shard1) = real_images(0, 2), real_images(1, 2)
+  _, whole = real_images(0, 1)
+  assert steps0 == steps1 == 7  # ceil(51 / 8) on both processes.
+  assert (len(shard0), len(shard1)) == (51, 50)
+  np.testing.assert_array_equal(np.concatenate([shard0, shard1]), whole)
+
+
+def test_training_shards_yield_equal_step_counts(data_dir):
+  steps = [len(list(_embedded_split(data_dir, "train[:101]", batch_size=10,
+                                    num_epochs=1, process_index=i,
+                                    process_count=2))) for i in range(2)]
+  assert steps == [5, 5]  # 101 // 2 = 50 per process, remainder dropped.
+
+
+def test_other_tfds_dataset_eval_is_center_crop(tmp_path):
+  batch = next(pipeline.create_split(
+      "fsq_test_rectangles", "train", batch_size=10, image_size=20,
+      train=False, data_dir=str(tmp_path), process_index=0, process_count=1))
+  labels = batch["label"]
+  np.testing.assert_array_equal(np.sort(labels), np.sort(np.arange(10) % 3))
+  # Pixel = 100 + example + column; the center 20 of 36 columns start at 8.
+  offsets = batch["image"][:, 0, 0, 0] * 255 - 100 - 8
+  expected = (offsets[:, None] + 100 + 8 + np.arange(20)[None, :]) / 255
+  np.testing.assert_allclose(batch["image"][:, 0, :, 0], expected, atol=1e-5)
+
+
+def test_train_preprocess_is_a_random_window_maybe_flipped():
+  image = np.random.default_rng(0).integers(0, 256, (4, 9, 3), np.uint8)
+  windows = {}
+  for seed in range(40):
+    out = pipeline.preprocess_image(tf.constant(image), 4,
+                                    tf.constant([seed, 7], tf.int64)).numpy()
+    matches = [(left, flip) for left in range(6) for flip in (False, True)
+               if np.allclose(out * 255, image[:, left:left + 4][
+                   :, ::-1 if flip else 1], atol=1e-3)]
+    assert len(matches) == 1
+    windows[matches[0]] = windows.get(matches[0], 0) + 1
+  assert {flip for _, flip in windows} == {False, True}
+  assert len({left for left, _ in windows}) >= 4
+
+
+def test_unknown_dataset_raises_clear_error():
+  with pytest.raises(ValueError, match="dataset_name='no_such_set'"):
+    pipeline.create_split("no_such_set", "train", batch_size=2, image_size=8,
+                          train=True)
+
+
+def test_imagenet_without_manual_data_raises_clear_error(tmp_path):
+  with pytest.raises(FileNotFoundError,
+                     match=r"ILSVRC2012_img_train\.tar.*downloads/manual"):
+    pipeline.create_split("imagenet2012", "train", batch_size=2, image_size=8,
+                          train=True, data_dir=str(tmp_path),
+                          process_index=0, process_count=1)
+
+
+def test_bad_arguments_raise_value_errors(data_dir):
+  with pytest.raises(ValueError, match="batch_size"):
+    _embedded_split(data_dir, "train", batch_size=0)
+  with pytest.raises(ValueError, match="batch_size=200 exceeds"):
+    _embedded_split(data_dir, "train[:100]", batch_size=200)
+  with pytest.raises(ValueError, match="process_index=2"):
+    _embedded_split(data_dir, "train", process_index=2, process_count=2)
+  with pytest.raises(ValueError, match="split='test'"):
+    _embedded_split(data_dir, "test")
