@@ -1,0 +1,153 @@
+"""MaskGIT Stage II transformer: a bidirectional post-LN BERT over image tokens.
+
+Token layout (`TokenLayout`): ids [0, |C|) are image codes, then one id per class, then a
+single MASK id. A sequence is [class token, h*w image tokens]. For classifier-free
+guidance the "unconditional" sequence carries MASK in place of the class token.
+
+Paper config (MaskGIT, FSQ paper Sec. 4.3): 24 layers, width 768, 16 heads, MLP 3072,
+vocabulary 1024 + 1000 + 1, 257 positions: 172,457,193 parameters (tests/test_transformer.py
+recomputes this with jax.eval_shape).
+"""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+LAYER_NORM_EPSILON = 1e-12
+_INIT = nn.initializers.truncated_normal(stddev=0.02)
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenLayout:
+  """Ids and positions of the Stage II sequence: [class, image tokens]; vocab |C|+classes+1."""
+  codebook_size: int
+  num_classes: int
+
+  def __post_init__(self):
+    if self.codebook_size < 2:
+      raise ValueError(f"codebook_size must be >= 2, got {self.codebook_size}")
+    if self.num_classes < 1:
+      raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+
+  @property
+  def mask_id(self) -> int:
+    return self.codebook_size + self.num_classes
+
+  @property
+  def vocab_size(self) -> int:
+    return self.codebook_size + self.num_classes + 1
+
+  def class_token(self, labels: jax.Array) -> jax.Array:
+    """Class ids (0..num_classes-1) -> their token ids."""
+    return jnp.asarray(labels, jnp.int32) + self.codebook_size
+
+  def build_input(self, image_tokens: jax.Array, labels: jax.Array) -> jax.Array:
+    """[B, N] image tokens (or MASK) and [B] class labels -> [B, N+1] int32 ids."""
+    image_tokens = jnp.asarray(image_tokens, jnp.int32)
+    return jnp.concatenate([self.class_token(labels)[:, None], image_tokens], axis=1)
+
+  def unconditional(self, input_ids: jax.Array) -> jax.Array:
+    """The same sequence with the class token replaced by MASK (CFG's l_uncond input)."""
+    return input_ids.at[:, 0].set(self.mask_id)
+
+
+def image_logits(logits: jax.Array, layout: TokenLayout) -> jax.Array:
+  """[B, N+1, vocab] model logits -> [B, N, |C|]: image positions, image codes only.
+
+  Sampling and compression use these so that a class or MASK id is never produced.
+  """
+  return logits[:, 1:, :layout.codebook_size]
+
+
+class TransformerLayer(nn.Module):
+  """Post-LN BERT layer: x = LN(x + attn(x)); x = LN(x + mlp(x))."""
+  hidden_size: int
+  num_heads: int
+  mlp_dim: int
+  dropout_rate: float
+  attention_dropout_rate: float
+  dtype: jnp.dtype
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    attention = nn.MultiHeadDotProductAttention(
+        num_heads=self.num_heads, dtype=self.dtype, param_dtype=jnp.float32,
+        dropout_rate=self.attention_dropout_rate, kernel_init=_INIT,
+        force_fp32_for_softmax=True, name="attention")
+    y = attention(x, x, deterministic=not train)  # no mask: bidirectional
+    y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
+    x = _layer_norm(self.dtype, "attention_norm")(x + y)
+
+    y = _dense(self.mlp_dim, self.dtype, "mlp_in")(x)
+    y = nn.gelu(y, approximate=True)
+    y = _dense(self.hidden_size, self.dtype, "mlp_out")(y)
+    y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
+    return _layer_norm(self.dtype, "mlp_norm")(x + y)
+
+
+class MaskGITTransformer(nn.Module):
+  """Bidirectional BERT: int32 ids [B, L] -> float32 logits [B, L, vocab_size].
+
+  Params are float32; `dtype` is the compute dtype (e.g. jnp.bfloat16). The output head is
+  Dense -> GELU -> LayerNorm, then logits = h @ token_embedding.T + a per-id bias.
+  """
+  vocab_size: int
+  hidden_size: int = 768
+  num_layers: int = 24
+  num_heads: int = 16
+  mlp_dim: int = 3072
+  max_len: int = 257
+  dropout_rate: float = 0.1
+  attention_dropout_rate: float = 0.1
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, input_ids: jax.Array, *, train: bool) -> jax.Array:
+    self._check(input_ids)
+    length = input_ids.shape[1]
+    token_embedding = nn.Embed(
+        self.vocab_size, self.hidden_size, dtype=self.dtype, param_dtype=jnp.float32,
+        embedding_init=_INIT, name="token_embedding")
+    position_embedding = self.param(
+        "position_embedding", _INIT, (self.max_len, self.hidden_size), jnp.float32)
+
+    x = token_embedding(input_ids) + position_embedding[None, :length].astype(self.dtype)
+    x = _layer_norm(self.dtype, "embedding_norm")(x)
+    x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+    for i in range(self.num_layers):
+      x = TransformerLayer(
+          self.hidden_size, self.num_heads, self.mlp_dim, self.dropout_rate,
+          self.attention_dropout_rate, self.dtype, name=f"layer_{i}")(x, train=train)
+
+    x = _dense(self.hidden_size, self.dtype, "head_dense")(x)
+    x = nn.gelu(x, approximate=True)
+    x = _layer_norm(self.dtype, "head_norm")(x)
+    logits_bias = self.param(
+        "logits_bias", nn.initializers.zeros, (self.vocab_size,), jnp.float32)
+    # Tied output projection, in float32 even under bfloat16: its log-probabilities are
+    # what sampling and the compression cost (in bits) read.
+    return x.astype(jnp.float32) @ token_embedding.embedding.T + logits_bias
+
+  def _check(self, input_ids):
+    if self.hidden_size % self.num_heads:
+      raise ValueError(
+          f"hidden_size {self.hidden_size} must be divisible by num_heads {self.num_heads}")
+    if input_ids.ndim != 2 or not jnp.issubdtype(input_ids.dtype, jnp.integer):
+      raise ValueError(
+          f"input_ids must be integer [batch, length], got {input_ids.dtype} {input_ids.shape}")
+    if input_ids.shape[1] > self.max_len:
+      raise ValueError(
+          f"sequence length {input_ids.shape[1]} exceeds max_len {self.max_len}; "
+          "raise max_len to (number of image tokens + 1)")
+
+
+def _dense(features: int, dtype, name: str) -> nn.Dense:
+  return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, kernel_init=_INIT,
+                  name=name)
+
+
+def _layer_norm(dtype, name: str) -> nn.LayerNorm:
+  return nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, dtype=dtype, param_dtype=jnp.float32,
+                      name=name)
