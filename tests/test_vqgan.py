@@ -1,0 +1,215 @@
+"""Tests of the Stage I autoencoder (both quantizers) and the StyleGAN discriminator."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fsq_repro.models import vqgan
+from fsq_repro.models.discriminator import Discriminator, blur_downsample
+from fsq_repro.models.vqgan import Autoencoder, count_params
+from fsq_repro.quantizers import FiniteScalarQuantizer, VectorQuantizer
+
+IMAGE_SIZE = 16
+MULTIPLIERS = (1, 2)  # downsampling factor 2: 16x16 images -> 8x8 tokens
+TOKENS = 8
+QUANTIZERS = {
+    "fsq": lambda: FiniteScalarQuantizer(levels=(8, 5, 5, 5)),
+    "vq": lambda: VectorQuantizer(codebook_size=32, codebook_dim=4),
+}
+CODEBOOK_SIZES = {"fsq": 8 * 5 * 5 * 5, "vq": 32}
+
+
+def rng_key(seed):
+  # The "rbg" generator compiles far faster than threefry on CPU; tests only need variety.
+  return jax.random.key(seed, impl="rbg")
+
+
+def tiny_autoencoder(quantizer_name, **overrides):
+  fields = dict(quantizer=QUANTIZERS[quantizer_name](), filters=8,
+                channel_multipliers=MULTIPLIERS, num_res_blocks=1, num_groups=4)
+  fields.update(overrides)
+  return Autoencoder(**fields)
+
+
+def random_images(seed, batch=2, size=IMAGE_SIZE):
+  images = np.random.default_rng(seed).uniform(size=(batch, size, size, 3))
+  return jnp.asarray(images, jnp.float32)
+
+
+@pytest.fixture(scope="module", params=sorted(QUANTIZERS))
+def autoencoder_setup(request):
+  """(quantizer name, model, images, variables, eval reconstructions, eval quantizer output)."""
+  name = request.param
+  model = tiny_autoencoder(name)
+  images = random_images(0)
+  variables = jax.jit(lambda x: model.init(rng_key(0), x, train=False))(images)
+  reconstructions, out = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images)
+  return name, model, images, variables, reconstructions, out
+
+
+# --- autoencoder --------------------------------------------------------------------------
+
+
+def test_shapes_dtypes_and_float32_params(autoencoder_setup):
+  name, model, images, variables, reconstructions, out = autoencoder_setup
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
+  assert reconstructions.shape == images.shape and reconstructions.dtype == jnp.float32
+  assert out.indices.shape == (2, TOKENS, TOKENS) and out.indices.dtype == jnp.int32
+  assert 0 <= int(out.indices.min()) and int(out.indices.max()) < CODEBOOK_SIZES[name]
+  assert out.loss.shape == () and out.loss.dtype == jnp.float32
+  zq, _ = jax.jit(lambda v, x: model.apply(v, x, method=Autoencoder.encode))(variables, images)
+  assert zq.shape == (2, TOKENS, TOKENS, 4) and zq.dtype == jnp.float32
+
+
+def test_maskgit_bias_layout(autoencoder_setup):
+  """MaskGIT: no bias in the first encoder conv and in residual blocks; bias elsewhere."""
+  params = autoencoder_setup[3]["params"]
+  encoder, decoder = params["encoder"], params["decoder"]
+  assert set(encoder["conv_in"]) == {"kernel"}
+  assert set(encoder["conv_out"]) == {"kernel", "bias"}
+  assert encoder["conv_out"]["kernel"].shape == (1, 1, 16, 4)  # 1x1 to the latent dim
+  assert set(decoder["conv_in"]) == {"kernel", "bias"}
+  assert set(decoder["level1_upsample_conv"]) == {"kernel", "bias"}
+  assert "level0_upsample_conv" not in decoder
+  assert decoder["conv_out"]["kernel"].shape == (3, 3, 8, 3)
+  block = encoder["level1_block0"]  # 8 -> 16 channels: has a 1x1 shortcut
+  assert set(block["Conv_0"]) == set(block["Conv_1"]) == {"kernel"}
+  assert block["shortcut"]["kernel"].shape == (1, 1, 8, 16)
+  assert "shortcut" not in encoder["mid_block0"]  # 16 -> 16: identity skip
+
+
+def test_decode_indices_matches_forward_reconstruction(autoencoder_setup):
+  _, model, _, variables, reconstructions, out = autoencoder_setup
+  from_tokens = jax.jit(lambda v, i: model.apply(v, i, method=Autoencoder.decode_indices))(
+      variables, out.indices)
+  np.testing.assert_allclose(from_tokens, reconstructions, rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_model_quantizes_float32_latents(autoencoder_setup):
+  name, _, images, variables, _, _ = autoencoder_setup
+  model = tiny_autoencoder(name, dtype=jnp.bfloat16)  # same params tree, bfloat16 compute
+
+  def forward_recording_quantizer_input(variables, images):
+    quantizer_inputs = []
+
+    def record(next_fun, args, kwargs, context):
+      if context.module.name == "quantizer" and context.method_name == "__call__":
+        quantizer_inputs.append(args[0])
+      return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+      reconstructions, out = model.apply(variables, images, train=False)
+    return quantizer_inputs, reconstructions, out
+
+  (z,), reconstructions, out = jax.jit(forward_recording_quantizer_input)(variables, images)
+  assert z.dtype == jnp.float32 and reconstructions.dtype == jnp.float32
+  # The encoder ran in bfloat16: its float32-cast output holds only bfloat16 values.
+  np.testing.assert_array_equal(z, z.astype(jnp.bfloat16).astype(jnp.float32))
+  assert not np.array_equal(z, jnp.round(z))  # ...and is not trivially integer-valued
+  quantizer_variables = {"params": variables["params"].get("quantizer", {})}
+  _, expected = jax.jit(QUANTIZERS[name]().apply)(quantizer_variables, z)
+  np.testing.assert_array_equal(out.indices, expected.indices)
+
+
+def test_straight_through_gradients_reach_the_encoder(autoencoder_setup):
+  _, model, images, variables, _, _ = autoencoder_setup
+
+  def reconstruction_loss(params):
+    reconstructions, _ = model.apply({"params": params}, images, train=True)
+    return jnp.mean((reconstructions - images)**2)  # no quantizer loss: only the STE path
+
+  grads = jax.jit(jax.grad(reconstruction_loss))(variables["params"])
+  for layer in ("conv_in", "conv_out"):
+    assert float(jnp.linalg.norm(grads["encoder"][layer]["kernel"])) > 0.0
+
+
+def test_rejects_bad_inputs_and_configs():
+  model = tiny_autoencoder("fsq")
+  images = jax.ShapeDtypeStruct((1, IMAGE_SIZE, IMAGE_SIZE, 3), jnp.float32)
+  odd_images = jax.ShapeDtypeStruct((1, 15, 16, 3), jnp.float32)
+  init = lambda m, x: jax.eval_shape(lambda x: m.init(rng_key(0), x, train=False), x)
+  with pytest.raises(ValueError, match="divisible by the downsampling factor 2"):
+    init(model, odd_images)
+  with pytest.raises(ValueError, match="channel_multipliers"):
+    init(tiny_autoencoder("fsq", channel_multipliers=()), images)
+  with pytest.raises(ValueError, match="num_groups=3"):
+    init(tiny_autoencoder("fsq", num_groups=3), images)
+
+
+def test_nearest_upsampling_matches_jax_image_resize():
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 3, 5, 4)), jnp.float32)
+  expected = jax.image.resize(x, (2, 6, 10, 4), method="nearest")
+  np.testing.assert_array_equal(vqgan._upsample(x), expected)
+
+
+# --- discriminator ------------------------------------------------------------------------
+
+
+def tiny_discriminator():
+  return Discriminator(image_size=IMAGE_SIZE, max_filters=8)
+
+
+def test_discriminator_gives_one_logit_per_image_and_sees_position():
+  model = tiny_discriminator()
+  images = random_images(4, batch=3)
+  variables = jax.jit(model.init)(rng_key(0), images)
+  logits = jax.jit(model.apply)(variables, images)
+  assert logits.shape == (3,) and logits.dtype == jnp.float32
+  assert len(set(np.round(np.asarray(logits), 6))) == 3  # different images, different logits
+  shifted = jax.jit(model.apply)(variables, jnp.roll(images, 5, axis=2))
+  assert np.all(np.abs(np.asarray(shifted - logits)) > 1e-6)  # a flattening head sees position
+
+
+def test_discriminator_widths_and_blocks_follow_maskgit_table():
+  model = Discriminator(image_size=128)
+  assert [model.filters_at(r) for r in (128, 64, 32, 4)] == [128, 256, 512, 512]
+  params = jax.eval_shape(model.init, rng_key(0),
+                          jax.ShapeDtypeStruct((1, 128, 128, 3), jnp.float32))["params"]
+  assert sorted(k for k in params if k.startswith("to_")) == [
+      "to_16px", "to_32px", "to_4px", "to_64px", "to_8px"]
+  assert params["to_64px"]["shortcut"]["kernel"].shape == (1, 1, 128, 256)
+  assert "bias" not in params["to_64px"]["shortcut"]
+  assert params["dense"]["kernel"].shape == (4 * 4 * 512, 512)
+
+
+def test_discriminator_rejects_mismatched_images():
+  init = lambda m, size: jax.eval_shape(
+      m.init, rng_key(0), jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
+  with pytest.raises(ValueError, match="image_size=16"):
+    init(tiny_discriminator(), 32)
+  with pytest.raises(ValueError, match="power of two"):
+    init(Discriminator(image_size=48), 48)
+
+
+def test_blur_downsample_matches_brute_force():
+  x = np.random.default_rng(5).normal(size=(2, 8, 6, 3))
+  taps = np.outer([1, 3, 3, 1], [1, 3, 3, 1]) / 64.0
+  padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  expected = np.zeros((2, 4, 3, 3))
+  for i in range(4):
+    for j in range(3):
+      window = padded[:, 2 * i:2 * i + 4, 2 * j:2 * j + 4, :]
+      expected[:, i, j, :] = np.einsum("bhwc,hw->bc", window, taps)
+  np.testing.assert_allclose(blur_downsample(jnp.asarray(x)), expected, rtol=1e-5, atol=1e-6)
+
+
+# --- paper configurations (abstract shapes only: nothing is materialised) ------------------
+
+
+def abstract_param_count(model, image_size, **kwargs):
+  images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+  return count_params(jax.eval_shape(
+      lambda x: model.init(rng_key(0), x, **kwargs), images)["params"])
+
+
+@pytest.mark.parametrize("image_size", [128, 256])
+def test_paper_config_parameter_counts(image_size):
+  fsq = Autoencoder(quantizer=FiniteScalarQuantizer(levels=(8, 5, 5, 5)))
+  vq = Autoencoder(quantizer=VectorQuantizer(codebook_size=1024, codebook_dim=256))
+  # Regression values; MaskGIT reports ~54M for its VQ tokenizer.
+  assert abstract_param_count(fsq, image_size, train=False) == 52_881_031
+  assert abstract_param_count(vq, image_size, train=False) == 54_433_667
+  expected_discriminator = {128: 23_880_833, 256: 23_998_017}[image_size]
+  assert abstract_param_count(Discriminator(image_size), image_size) == expected_discriminator
