@@ -146,7 +146,8 @@ def _validate_levels(levels: Sequence[int]) -> tuple[int, ...]:
 def _bound_constants(levels: np.ndarray, eps: float, variant: str):
   """half_l, offset and shift as float32 arrays, each rounded as its source computes them."""
   offset = np.where(levels % 2 == 1, 0.0, 0.5).astype(np.float32)
-  with np.errstate(invalid="ignore", divide="ignore"):
+  # Evaluated eagerly even when FSQ is built inside a jit trace (e.g. a Flax module call).
+  with np.errstate(invalid="ignore", divide="ignore"), jax.ensure_compile_time_eval():
     if variant == "paper":
       # The listing computes half_l in numpy float64; JAX then holds it in float32, and
       # tan runs on float32 operands.

@@ -1,0 +1,44 @@
+"""The embedded demo: photo crops from scikit-image at 32 px, CPU-sized models.
+
+  python -m fsq_repro.main --mode=stage1 \
+      --config=configs/demo.py:quantizer=fsq,codebook_bits=10 --workdir=/tmp/demo_fsq10
+
+Arguments: quantizer=fsq|vq; codebook_bits=k (FSQ: the paper's levels for 2^k, App. A.4.1;
+VQ: 2^k codes); levels=8-5-5-5 (explicit FSQ levels, overrides codebook_bits).
+Runs on one CPU in minutes; numbers are not comparable with the paper's ImageNet ones.
+"""
+
+from fsq_repro import config_lib
+
+
+def get_config(arg: str | None = None):
+  args = config_lib.parse_args(arg, {"quantizer": "fsq", "codebook_bits": 10, "levels": ""})
+  c = config_lib.base_config()
+  c.dataset.name = "fsq_photo_crops"
+  c.dataset.image_size = 32
+
+  levels = config_lib.parse_levels(args["levels"]) if args["levels"] else None
+  config_lib.set_quantizer(c, args["quantizer"], args["codebook_bits"], levels)
+  c.quantizer.codebook_dim = 32
+
+  c.model.filters = 32
+  c.model.channel_multipliers = (1, 2, 2)  # 32 px -> 8 x 8 tokens
+  c.model.num_res_blocks = 1
+  c.model.num_groups = 8
+  c.model.disc_max_filters = 64
+
+  s = c.stage1
+  s.num_train_steps = 600
+  s.batch_size = 32
+  s.learning_rate = 3e-4
+  s.log_every_steps = 50
+  s.image_every_steps = 200
+  s.checkpoint_every_steps = 200
+  s.keep_checkpoints = 2
+  return c
+
+
+def get_sweep() -> list[dict]:
+  """A CPU-sized Figure 3: FSQ (App. A.4.1 levels) and VQ at 2^6, 2^8 and 2^10 codes."""
+  return [{"name": f"{quantizer}_2p{bits}", "arg": f"quantizer={quantizer},codebook_bits={bits}"}
+          for quantizer in ("fsq", "vq") for bits in (6, 8, 10)]

@@ -1,0 +1,180 @@
+"""Config defaults, "key=value" arguments, and the checks that run before any compilation.
+
+The defaults are the paper's Figure 3 recipe (MaskGIT's tokenizer and transformer at
+128 px); files under configs/ start from `base_config()` and override what differs.
+"""
+
+import math
+
+import ml_collections
+
+from fsq_repro.quantizers import fsq as fsq_lib
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.dataset = ml_collections.ConfigDict()
+  c.dataset.name = "imagenet2012"
+  c.dataset.image_size = 128
+  c.dataset.data_dir = ml_collections.FieldReference(None, field_type=str)
+  c.dataset.train_split = "train"
+  c.dataset.eval_split = "validation"
+
+  c.quantizer = ml_collections.ConfigDict()
+  c.quantizer.kind = "fsq"  # "fsq" or "vq"
+  c.quantizer.levels = (8, 5, 5, 5)  # FSQ
+  c.quantizer.variant = "paper"  # FSQ: "paper" or "atanh" (the PyTorch port)
+  c.quantizer.eps = 1e-3
+  c.quantizer.codebook_size = 1024  # VQ; for FSQ it is prod(levels)
+  c.quantizer.codebook_dim = 256  # VQ
+  c.quantizer.commitment_cost = 0.25
+  c.quantizer.entropy_loss_weight = 0.1
+  c.quantizer.entropy_temperature = 0.01
+  c.quantizer.split_every_steps = 0  # VQ: UViM-style splitting of unused codes; 0 = off
+
+  c.model = ml_collections.ConfigDict()  # Stage I networks
+  c.model.filters = 128
+  c.model.channel_multipliers = (1, 1, 2, 2, 4)
+  c.model.num_res_blocks = 2
+  c.model.num_groups = 32
+  c.model.disc_channel_multiplier = 1
+  c.model.disc_max_filters = 512
+  c.model.dtype = "float32"  # compute dtype; "bfloat16" for mixed precision
+
+  c.stage1 = ml_collections.ConfigDict()
+  c.stage1.num_train_steps = 500_000  # ~100 epochs of ImageNet at batch 256
+  c.stage1.batch_size = 256  # global
+  c.stage1.learning_rate = 1e-4
+  c.stage1.warmup_steps = 0
+  c.stage1.adam_b1 = 0.0
+  c.stage1.adam_b2 = 0.99
+  c.stage1.ema_decay = 0.999
+  c.stage1.reconstruction_weight = 1.0
+  c.stage1.generator_weight = 0.1
+  c.stage1.r1_weight = 10.0
+  c.stage1.perceptual_weight = 0.1
+  c.stage1.perceptual_weights = ml_collections.FieldReference(None, field_type=str)
+  c.stage1.lecam_weight = 0.0
+  c.stage1.lecam_ema_decay = 0.999
+  c.stage1.log_every_steps = 100
+  c.stage1.image_every_steps = 5000
+  c.stage1.checkpoint_every_steps = 5000
+  c.stage1.keep_checkpoints = 3
+
+  # Stage II reads the Stage I checkpoint from here (default: the same workdir).
+  c.stage1_workdir = ml_collections.FieldReference(None, field_type=str)
+
+  c.stage2 = ml_collections.ConfigDict()  # MaskGIT transformer on frozen tokens
+  c.stage2.num_train_steps = 1_000_000  # ~200 epochs of ImageNet at batch 256
+  c.stage2.batch_size = 256
+  c.stage2.hidden_size = 768
+  c.stage2.num_layers = 24
+  c.stage2.num_heads = 16
+  c.stage2.mlp_dim = 3072
+  c.stage2.dropout_rate = 0.1
+  c.stage2.dtype = "float32"
+  c.stage2.learning_rate = 1e-4
+  c.stage2.warmup_steps = 5000
+  c.stage2.adam_b1 = 0.9
+  c.stage2.adam_b2 = 0.96
+  c.stage2.weight_decay = 0.045  # kernels only
+  c.stage2.grad_clip_norm = 1.0
+  c.stage2.label_smoothing = 0.1
+  c.stage2.min_mask_fraction = 0.45  # the FSQ paper's lower bound on the masked fraction
+  c.stage2.label_drop_rate = 0.1  # CFG: class token replaced by MASK
+  c.stage2.log_every_steps = 100
+  c.stage2.checkpoint_every_steps = 5000
+  c.stage2.keep_checkpoints = 3
+
+  c.sample = ml_collections.ConfigDict()
+  c.sample.num_images = 50_000
+  c.sample.batch_size = 250
+  c.sample.num_steps = 12
+  c.sample.choice_temperature = 4.5
+  c.sample.cfg = 0.2  # alpha in l_c + alpha (l_c - l_uncond); the paper's best for FSQ
+  c.sample.grid_images_per_class = 8
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.num_images = 50_000  # reconstruction FID, usage and PSNR on the eval split
+  c.eval.batch_size = 250
+  c.eval.feature_network = "auto"  # "inception" (weights required), "offline", or "auto"
+  c.eval.inception_weights = ml_collections.FieldReference(None, field_type=str)
+  c.eval.cfg_sweep = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25)
+  c.eval.num_sample_images = 50_000  # per CFG value, for sampling FID
+  c.eval.num_reference_images = 10_000  # precision/recall reference set
+  c.eval.compression_num_images = 10_000
+  c.eval.range_coding_images = 64
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.fsdp = False  # shard large parameters over the data axis
+  c.mesh.fsdp_min_size = 2**18  # parameters with fewer elements stay replicated
+  return c
+
+
+def parse_args(arg: str | None, allowed: dict) -> dict:
+  """Parses "key=value,key=value" against `allowed` {key: default}; returns all keys."""
+  values = dict(allowed)
+  for item in filter(None, (arg or "").split(",")):
+    key, sep, value = item.partition("=")
+    if not sep or key not in allowed:
+      raise ValueError(f"config argument {item!r} is not one of "
+                       f"{', '.join(k + '=...' for k in allowed)}")
+    values[key] = type(allowed[key])(value) if allowed[key] is not None else value
+  return values
+
+
+def set_quantizer(config, kind: str, codebook_bits: int | None = None, levels=None) -> None:
+  """Sets FSQ levels (Table 1 / App. A.4.1 by size, or explicit) or a VQ of 2^bits codes."""
+  q = config.quantizer
+  q.kind = kind
+  if kind == "fsq":
+    if levels is not None:
+      q.levels = tuple(int(l) for l in levels)
+    elif codebook_bits is not None:
+      q.levels = fsq_lib.levels_for_codebook_size(2**codebook_bits)
+    q.codebook_size = math.prod(q.levels)
+  elif kind == "vq":
+    if codebook_bits is not None:
+      q.codebook_size = 2**codebook_bits
+  else:
+    raise ValueError(f"quantizer={kind!r} is unknown; use quantizer=fsq or quantizer=vq")
+
+
+def parse_levels(text: str) -> tuple[int, ...]:
+  """"8-5-5-5" -> (8, 5, 5, 5): levels inside a comma-separated config argument."""
+  try:
+    return tuple(int(l) for l in text.split("-"))
+  except ValueError:
+    raise ValueError(f"levels={text!r} must be integers joined by '-', e.g. levels=8-5-5-5")
+
+
+def validate(config, *, num_devices: int, stage: str) -> None:
+  """Raises ValueError with one line naming the field and the fix; runs before compilation."""
+  q = config.quantizer
+  if q.kind not in ("fsq", "vq"):
+    raise ValueError(f"quantizer.kind={q.kind!r} is unknown; use 'fsq' or 'vq'")
+  if q.kind == "fsq":
+    fsq = fsq_lib.FSQ(q.levels, q.eps, q.variant)  # validates levels, eps and variant
+    if q.codebook_size != fsq.codebook_size:
+      raise ValueError(f"quantizer.codebook_size={q.codebook_size} does not match levels "
+                       f"{list(q.levels)} (product {fsq.codebook_size}); set "
+                       f"--config.quantizer.codebook_size={fsq.codebook_size} or change the levels")
+  elif q.codebook_size < 2 or q.codebook_dim < 1:
+    raise ValueError(f"quantizer.codebook_size={q.codebook_size} and codebook_dim="
+                     f"{q.codebook_dim} must be >= 2 and >= 1")
+  if config.model.dtype not in ("float32", "bfloat16"):
+    raise ValueError(f"model.dtype={config.model.dtype!r} must be 'float32' or 'bfloat16'")
+  size, factor = config.dataset.image_size, 2**(len(config.model.channel_multipliers) - 1)
+  if size % factor:
+    raise ValueError(f"dataset.image_size={size} must be divisible by the downsampling factor "
+                     f"{factor} of model.channel_multipliers")
+  stage_config = config[stage] if stage in config else None
+  if stage_config is not None and "batch_size" in stage_config:
+    batch = stage_config.batch_size
+    if batch < 1 or batch % num_devices:
+      raise ValueError(f"{stage}.batch_size={batch} is not divisible by the {num_devices} "
+                       f"devices; use a multiple of {num_devices}")
+    if stage_config.num_train_steps < 1:
+      raise ValueError(f"{stage}.num_train_steps={stage_config.num_train_steps} must be >= 1")

@@ -1,0 +1,98 @@
+"""Devices, mesh and shardings: one place for everything multi-device and multi-host.
+
+A single "data" mesh axis spans every device of every process. Batches are sharded over
+it; parameters are replicated, or with FSDP sharded along their largest divisible axis.
+"""
+
+import os
+import re
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+DATA_AXIS = "data"
+
+
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None) -> None:
+  """Starts jax.distributed when asked to, or when the environment is a multi-host job."""
+  if coordinator_address:
+    if jax.default_backend() == "cpu" or os.environ.get("JAX_PLATFORMS", "") == "cpu":
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+  elif _environment_is_multihost():
+    jax.distributed.initialize()
+
+
+def _environment_is_multihost() -> bool:
+  tpu_hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+  slurm_tasks = int(os.environ.get("SLURM_NTASKS", "1") or 1)
+  return "," in tpu_hosts or slurm_tasks > 1
+
+
+def make_mesh() -> jax.sharding.Mesh:
+  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def batch_sharding(mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def replicated(mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def fsdp_spec(shape: tuple[int, ...], num_shards: int, min_size: int) -> P:
+  """Shards the largest axis divisible by `num_shards`; small or indivisible stay replicated."""
+  if num_shards == 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
+    return P()
+  for axis in sorted(range(len(shape)), key=lambda a: -shape[a]):
+    if shape[axis] % num_shards == 0:
+      spec = [None] * len(shape)
+      spec[axis] = DATA_AXIS
+      return P(*spec)
+  return P()
+
+
+def state_shardings(abstract_state, mesh, *, fsdp: bool, min_size: int,
+                    replicate_pattern: str | None = None):
+  """Shardings for a train state: the FSDP rule above applied leaf by leaf, or replication.
+
+  Optimizer moments share their parameter's shape, so they follow the same rule.
+  Leaves whose path matches `replicate_pattern` always stay replicated.
+  """
+  num_shards = mesh.shape[DATA_AXIS]
+
+  def rule(path, leaf):
+    name = jax.tree_util.keystr(path)
+    if not fsdp or (replicate_pattern and re.search(replicate_pattern, name)):
+      return NamedSharding(mesh, P())
+    return NamedSharding(mesh, fsdp_spec(tuple(leaf.shape), num_shards, min_size))
+
+  return jax.tree_util.tree_map_with_path(rule, abstract_state)
+
+
+def global_batch(local_batch: dict, mesh) -> dict:
+  """This process's numpy batch -> global jax arrays sharded over the data axis."""
+  sharding = batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in local_batch.items()}
+
+
+def per_process_batch_size(global_batch_size: int) -> int:
+  if global_batch_size % jax.process_count():
+    raise ValueError(f"batch_size={global_batch_size} is not divisible by the "
+                     f"{jax.process_count()} processes")
+  return global_batch_size // jax.process_count()
+
+
+def bytes_per_device(tree) -> dict[str, int]:
+  """Bytes of `tree`'s arrays held on each device (to compare FSDP with replication)."""
+  totals: dict[str, int] = {}
+  for leaf in jax.tree.leaves(tree):
+    for shard in leaf.addressable_shards:
+      key = str(shard.device)
+      totals[key] = totals.get(key, 0) + shard.data.nbytes
+  return totals

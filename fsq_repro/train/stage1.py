@@ -1,0 +1,301 @@
+"""Stage I: train the VQ-GAN / FSQ-GAN tokenizer with MaskGIT's recipe.
+
+Generator loss = L2 reconstruction + perceptual (LPIPS-VGG16, if weights exist)
++ generator_weight * non-saturating GAN + the quantizer's auxiliary loss.
+Discriminator loss = logistic GAN + r1_weight * R1 on reals (+ LeCam, optional).
+Both use Adam(b1=0, b2=0.99); an EMA of the generator is the tokenizer used downstream.
+The generator runs forward once per step; the discriminator step reuses its output.
+"""
+
+import dataclasses
+import functools
+import json
+import os
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from clu import parameter_overview
+
+from fsq_repro.data import pipeline
+from fsq_repro.models import discriminator as discriminator_lib
+from fsq_repro.models import perceptual
+from fsq_repro.models import vqgan
+from fsq_repro.quantizers import FiniteScalarQuantizer, VectorQuantizer, split_unused_codes
+from fsq_repro.train import checkpointing, distributed, losses, reporting
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def build_quantizer(q: ml_collections.ConfigDict) -> nn.Module:
+  if q.kind == "fsq":
+    return FiniteScalarQuantizer(levels=tuple(q.levels), eps=q.eps, variant=q.variant)
+  return VectorQuantizer(codebook_size=q.codebook_size, codebook_dim=q.codebook_dim,
+                         commitment_cost=q.commitment_cost,
+                         entropy_loss_weight=q.entropy_loss_weight,
+                         entropy_temperature=q.entropy_temperature,
+                         track_usage=q.split_every_steps > 0)
+
+
+def build_autoencoder(config) -> vqgan.Autoencoder:
+  m = config.model
+  return vqgan.Autoencoder(quantizer=build_quantizer(config.quantizer), filters=m.filters,
+                           channel_multipliers=tuple(m.channel_multipliers),
+                           num_res_blocks=m.num_res_blocks, num_groups=m.num_groups,
+                           dtype=DTYPES[m.dtype])
+
+
+def build_discriminator(config) -> discriminator_lib.Discriminator:
+  return discriminator_lib.Discriminator(
+      image_size=config.dataset.image_size,
+      channel_multiplier=config.model.disc_channel_multiplier,
+      max_filters=config.model.disc_max_filters, dtype=DTYPES[config.model.dtype])
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+  reconstruction_weight: float
+  perceptual_weight: float
+  generator_weight: float
+  r1_weight: float
+  lecam_weight: float
+  lecam_ema_decay: float
+  ema_decay: float
+  split_every_steps: int
+
+  @classmethod
+  def from_config(cls, config, *, perceptual_on: bool):
+    s = config.stage1
+    return cls(s.reconstruction_weight, s.perceptual_weight if perceptual_on else 0.0,
+               s.generator_weight, s.r1_weight, s.lecam_weight, s.lecam_ema_decay,
+               s.ema_decay, config.quantizer.split_every_steps if config.quantizer.kind == "vq"
+               else 0)
+
+
+@flax.struct.dataclass
+class Stage1State:
+  step: jax.Array
+  g_params: Any
+  d_params: Any
+  ema_params: Any  # the tokenizer used downstream
+  g_opt_state: Any
+  d_opt_state: Any
+  quantizer_state: Any  # VQ usage counts for codebook splitting; {} otherwise
+  lecam_ema: Any  # (real, fake) moving averages of the discriminator's mean logits
+
+
+def make_optimizer(s: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  schedule = optax.linear_schedule(0.0, s.learning_rate, max(s.warmup_steps, 1))
+  if s.warmup_steps == 0:
+    schedule = optax.constant_schedule(s.learning_rate)
+  return optax.adam(schedule, b1=s.adam_b1, b2=s.adam_b2)
+
+
+def create_train_state(rng, *, autoencoder, discriminator, optimizer, image_size) -> Stage1State:
+  g_rng, d_rng = jax.random.split(rng)
+  images = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+  g_variables = autoencoder.init(g_rng, images, train=False)
+  d_params = discriminator.init(d_rng, images)["params"]
+  g_params = g_variables["params"]
+  return Stage1State(
+      step=jnp.zeros((), jnp.int32), g_params=g_params, d_params=d_params,
+      ema_params=g_params, g_opt_state=optimizer.init(g_params),
+      d_opt_state=optimizer.init(d_params),
+      quantizer_state={k: v for k, v in g_variables.items() if k != "params"},
+      lecam_ema=(jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)))
+
+
+def train_step(state: Stage1State, batch, lpips_params, rng, *, autoencoder, discriminator,
+               lpips, optimizer, loss_config: LossConfig):
+  """One generator and one discriminator update; returns (state, float32 metrics)."""
+  lc = loss_config
+  images = batch["image"]
+  mutable = list(state.quantizer_state)
+
+  def generator_loss(g_params):
+    variables = {"params": g_params, **state.quantizer_state}
+    (recon, q_out), quantizer_state = autoencoder.apply(variables, images, train=True,
+                                                        mutable=mutable)
+    fake_logits = discriminator.apply({"params": state.d_params}, recon)
+    terms = {"reconstruction_loss": losses.l2_reconstruction_loss(recon, images),
+             "generator_gan_loss": losses.generator_gan_loss(fake_logits),
+             "quantizer_loss": q_out.loss}
+    total = (lc.reconstruction_weight * terms["reconstruction_loss"]
+             + lc.generator_weight * terms["generator_gan_loss"] + q_out.loss)
+    if lc.perceptual_weight:
+      terms["perceptual_loss"] = jnp.mean(lpips.apply({"params": lpips_params}, recon, images))
+      total = total + lc.perceptual_weight * terms["perceptual_loss"]
+    return total, (recon, quantizer_state, terms, q_out.stats)
+
+  (g_loss, (recon, quantizer_state, g_terms, q_stats)), g_grads = jax.value_and_grad(
+      generator_loss, has_aux=True)(state.g_params)
+  fake = jax.lax.stop_gradient(recon)
+
+  def discriminator_loss(d_params):
+    apply = lambda x: discriminator.apply({"params": d_params}, x)
+    r1, real_logits = losses.r1_penalty(apply, images)
+    fake_logits = apply(fake)
+    terms = {"discriminator_gan_loss": losses.discriminator_gan_loss(real_logits, fake_logits),
+             "r1_penalty": r1}
+    total = terms["discriminator_gan_loss"] + lc.r1_weight * r1
+    lecam_ema = losses.update_lecam_ema(*state.lecam_ema, real_logits, fake_logits,
+                                        lc.lecam_ema_decay)
+    if lc.lecam_weight:
+      terms["lecam_loss"] = losses.lecam_regularizer(real_logits, fake_logits, *lecam_ema)
+      total = total + lc.lecam_weight * terms["lecam_loss"]
+    terms["real_logits"] = jnp.mean(real_logits)
+    terms["fake_logits"] = jnp.mean(fake_logits)
+    return total, (terms, lecam_ema)
+
+  (d_loss, (d_terms, lecam_ema)), d_grads = jax.value_and_grad(
+      discriminator_loss, has_aux=True)(state.d_params)
+
+  g_updates, g_opt_state = optimizer.update(g_grads, state.g_opt_state, state.g_params)
+  g_params = optax.apply_updates(state.g_params, g_updates)
+  d_updates, d_opt_state = optimizer.update(d_grads, state.d_opt_state, state.d_params)
+  d_params = optax.apply_updates(state.d_params, d_updates)
+  if lc.split_every_steps:
+    g_params, quantizer_state = _split_codebook(g_params, quantizer_state, state.step + 1,
+                                                rng, lc.split_every_steps)
+  ema_params = jax.tree.map(lambda e, p: lc.ema_decay * e + (1 - lc.ema_decay) * p,
+                            state.ema_params, g_params)
+  metrics = {"generator_loss": g_loss, "discriminator_loss": d_loss, **g_terms, **d_terms,
+             **q_stats, "generator_grad_norm": optax.global_norm(g_grads),
+             "discriminator_grad_norm": optax.global_norm(d_grads)}
+  new_state = state.replace(step=state.step + 1, g_params=g_params, d_params=d_params,
+                            ema_params=ema_params, g_opt_state=g_opt_state,
+                            d_opt_state=d_opt_state, quantizer_state=quantizer_state,
+                            lecam_ema=lecam_ema)
+  return new_state, jax.tree.map(lambda x: x.astype(jnp.float32), metrics)
+
+
+def _split_codebook(g_params, quantizer_state, step, rng, every):
+  """Every `every` steps, re-seeds unused VQ codes next to used ones and resets the counts."""
+  counts = quantizer_state["vq_usage"]["quantizer"]["counts"]
+  codebook = g_params["quantizer"]["codebook"]
+  due = (step % every) == 0
+  new_codebook = jnp.where(due, split_unused_codes(codebook, counts, rng), codebook)
+  g_params = flax.core.copy(g_params, {"quantizer": {"codebook": new_codebook}}) \
+      if isinstance(g_params, flax.core.FrozenDict) else \
+      {**g_params, "quantizer": {**g_params["quantizer"], "codebook": new_codebook}}
+  counts = jnp.where(due, jnp.zeros_like(counts), counts)
+  return g_params, {"vq_usage": {"quantizer": {"counts": counts}}}
+
+
+def stage_dir(workdir: str) -> str:
+  return os.path.join(workdir, "stage1")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Stage1State:
+  """Trains Stage I into `workdir`/stage1, resuming from its newest checkpoint."""
+  directory = stage_dir(workdir)
+  s = config.stage1
+  mesh = distributed.make_mesh()
+  autoencoder, discriminator = build_autoencoder(config), build_discriminator(config)
+  optimizer = make_optimizer(s)
+  lpips_path = perceptual.find_perceptual_weights(s.perceptual_weights)
+  status = perceptual.perceptual_status(s.perceptual_weights)
+  lpips_params = perceptual.load_lpips_params(lpips_path) if lpips_path else {}
+  loss_config = LossConfig.from_config(config, perceptual_on=bool(lpips_path))
+  local_batch = distributed.per_process_batch_size(s.batch_size)
+  data = functools.partial(pipeline.create_split, config.dataset.name,
+                           config.dataset.train_split, batch_size=local_batch,
+                           image_size=config.dataset.image_size, train=True, seed=config.seed,
+                           data_dir=config.dataset.data_dir)
+  pipeline.num_examples(config.dataset.name, config.dataset.train_split,
+                        data_dir=config.dataset.data_dir)  # fails early on unknown datasets
+
+  rng = jax.random.key(config.seed)
+  init = functools.partial(create_train_state, autoencoder=autoencoder,
+                           discriminator=discriminator, optimizer=optimizer,
+                           image_size=config.dataset.image_size)
+  abstract_state = jax.eval_shape(init, rng)
+  shardings = distributed.state_shardings(abstract_state, mesh, fsdp=config.mesh.fsdp,
+                                          min_size=config.mesh.fsdp_min_size)
+  abstract_state = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+                                abstract_state, shardings)
+  checkpointer = checkpointing.Checkpointer(os.path.join(directory, "checkpoints"),
+                                            every_steps=s.checkpoint_every_steps,
+                                            keep=s.keep_checkpoints)
+  state = checkpointer.restore_or_init(
+      lambda: jax.jit(init, out_shardings=shardings)(rng), abstract_state)
+  start_step = int(state.step)
+  reporter = reporting.Reporter(directory, num_train_steps=s.num_train_steps,
+                                start_step=start_step)
+  _write_run_config(directory, config, status)
+  reporter.text(status)
+  if start_step == 0:
+    parameter_overview.log_parameter_overview(state.g_params)
+  reporter.text(f"stage1: {vqgan.count_params(state.g_params):,} generator and "
+                f"{vqgan.count_params(state.d_params):,} discriminator parameters; "
+                f"{jax.device_count()} devices, {jax.process_count()} processes; "
+                f"steps {start_step} -> {s.num_train_steps}")
+
+  step_fn = jax.jit(
+      functools.partial(train_step, autoencoder=autoencoder, discriminator=discriminator,
+                        lpips=perceptual.LPIPS(), optimizer=optimizer, loss_config=loss_config),
+      out_shardings=(shardings, distributed.replicated(mesh)), donate_argnums=0)
+  reconstruct = jax.jit(lambda params, x: autoencoder.apply(
+      {"params": params, **state.quantizer_state}, x, train=False)[0])
+  preemption = checkpointing.PreemptionFlag()
+  base_rng = jax.random.fold_in(rng, 1)
+  batches = data(start_step=start_step)
+  try:
+    for step in range(start_step, s.num_train_steps):
+      batch = distributed.global_batch({"image": next(batches)["image"]}, mesh)
+      state, metrics = step_fn(state, batch, lpips_params, jax.random.fold_in(base_rng, step))
+      done = step + 1
+      reporter.tick(done)
+      is_last = done == s.num_train_steps
+      if done % s.log_every_steps == 0 or done % s.checkpoint_every_steps == 0 or is_last:
+        metrics = jax.device_get(metrics)
+        reporting.check_finite(done, metrics, checkpointer.latest_step())
+        if done % s.log_every_steps == 0 or is_last:
+          reporter.scalars(done, metrics)
+      if done % s.image_every_steps == 0 or is_last:
+        originals = batch["image"][:8]
+        recon = reconstruct(state.ema_params, originals)
+        reporter.images(done, {"originals_and_ema_reconstructions": reporting.image_grid(
+            np.concatenate([jax.device_get(originals), jax.device_get(recon)]))[None]})
+      checkpointer.save(done, state, force=is_last)
+      if preemption.should_stop() and not is_last:
+        checkpointer.save(done, state, force=True)
+        checkpointer.close()
+        reporter.text(f"stage1: preempted (SIGTERM); saved step {done}; rerun to resume")
+        raise SystemExit(checkpointing.PREEMPTED_EXIT_CODE)
+  finally:
+    preemption.restore()
+  checkpointer.close()
+  reporter.close()
+  return state
+
+
+def _write_run_config(directory: str, config, perceptual_status: str) -> None:
+  if jax.process_index() != 0:
+    return
+  os.makedirs(directory, exist_ok=True)
+  with open(os.path.join(directory, "config.json"), "w") as f:
+    json.dump({"config": json.loads(config.to_json_best_effort()),
+               "perceptual_loss": perceptual_status}, f, indent=1)
+
+
+def load_tokenizer(config, workdir: str):
+  """The trained EMA autoencoder of `workdir`/stage1: (autoencoder, variables)."""
+  directory = os.path.join(stage_dir(workdir), "checkpoints")
+  checkpointer = checkpointing.Checkpointer(directory, every_steps=1, keep=1)
+  if checkpointer.latest_step() is None:
+    raise FileNotFoundError(f"no Stage I checkpoint in {directory}; run --mode=stage1 first "
+                            "or set --config.stage1_workdir")
+  autoencoder, discriminator = build_autoencoder(config), build_discriminator(config)
+  init = functools.partial(create_train_state, autoencoder=autoencoder,
+                           discriminator=discriminator, optimizer=make_optimizer(config.stage1),
+                           image_size=config.dataset.image_size)
+  abstract_state = jax.eval_shape(init, jax.random.key(0))
+  state = checkpointer.restore_or_init(None, abstract_state)
+  checkpointer.close()
+  return autoencoder, {"params": state.ema_params, **state.quantizer_state}

@@ -1,0 +1,94 @@
+"""Stage I training: learning, device-count invariance, exact resume, clear config errors."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from fsq_repro.train import stage1
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def read_metrics(workdir):
+  with open(os.path.join(workdir, "stage1", "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+@pytest.mark.parametrize("arg", ["quantizer=fsq,codebook_bits=6", "quantizer=vq,codebook_bits=6"])
+def test_training_reduces_reconstruction_loss(tiny_config, tmp_path, arg):
+  config = tiny_config(arg)
+  config.stage1.num_train_steps = 40
+  config.stage1.learning_rate = 2e-3
+  config.stage1.checkpoint_every_steps = 40
+  config.stage1.image_every_steps = 40
+  stage1.train_and_evaluate(config, str(tmp_path))
+  losses = [m["reconstruction_loss"] for m in read_metrics(tmp_path)]
+  assert len(losses) == 40
+  assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5]), losses
+  assert os.listdir(tmp_path / "stage1" / "checkpoints") == ["40"]
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "stage1"))
+  saved = json.load(open(tmp_path / "stage1" / "config.json"))
+  assert saved["perceptual_loss"].startswith("perceptual loss: off")
+
+
+def test_resume_continues_the_same_trajectory(tiny_config, tmp_path):
+  config = tiny_config()
+  straight = stage1.train_and_evaluate(config, str(tmp_path / "straight"))
+  config.stage1.num_train_steps = 3
+  stage1.train_and_evaluate(config, str(tmp_path / "resumed"))
+  config.stage1.num_train_steps = 6
+  resumed = stage1.train_and_evaluate(config, str(tmp_path / "resumed"))
+  for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
+    np.testing.assert_array_equal(a, b)
+  straight_losses = [m["generator_loss"] for m in read_metrics(tmp_path / "straight")]
+  resumed_losses = [m["generator_loss"] for m in read_metrics(tmp_path / "resumed")]
+  assert straight_losses == resumed_losses
+
+
+EIGHT_DEVICE_RUN = textwrap.dedent("""
+    import sys
+    import jax
+    jax.config.update("jax_num_cpu_devices", int(sys.argv[2]))
+    sys.path[:0] = [sys.argv[3], sys.argv[3] + "/tests"]
+    from tiny_configs import tiny_config
+    from fsq_repro.train import stage1
+    config = tiny_config("quantizer=vq,codebook_bits=6")
+    assert jax.device_count() == int(sys.argv[2])
+    stage1.train_and_evaluate(config, sys.argv[1])
+""")
+
+
+def test_eight_devices_match_one_device(tmp_path):
+  for devices in (1, 8):
+    subprocess.run([sys.executable, "-c", EIGHT_DEVICE_RUN, str(tmp_path / str(devices)),
+                    str(devices), ROOT], check=True, cwd=ROOT, capture_output=True)
+  one, eight = read_metrics(tmp_path / "1"), read_metrics(tmp_path / "8")
+  assert len(one) == len(eight) == 6
+  for a, b in zip(one, eight):
+    for key in ("generator_loss", "discriminator_loss", "reconstruction_loss", "quantizer_loss"):
+      # Sharded reductions sum in a different order: float32 round-off only.
+      np.testing.assert_allclose(a[key], b[key], rtol=2e-4, err_msg=key)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.quantizer.levels=(8,1,5)", "level 1"),
+    ("--config.stage1.batch_size=7", "not divisible"),
+    ("--config.dataset.name=no_such_dataset", "no_such_dataset"),
+    ("--config.quantizer.codebook_size=1024", "does not match levels"),
+    ("--config.stage1.no_such_field=1", "no_such_field"),
+])
+def test_bad_config_fails_with_one_clear_line(tmp_path, override, message):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  result = subprocess.run(
+      [sys.executable, "-m", "fsq_repro.main", "--mode=stage1",
+       "--config=configs/demo.py:quantizer=fsq,codebook_bits=10", f"--workdir={tmp_path}",
+       override], cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
+  assert result.returncode != 0
+  assert message in result.stderr
+  assert not os.path.exists(tmp_path / "stage1" / "checkpoints")
