@@ -1,0 +1,233 @@
+"""Collects a sweep's results.json files into a table and draws Figures 3 and 4 of the paper.
+
+  python scripts/plot_figures.py --sweep=/data/runs/tradeoff_128 --out=figures/tradeoff_128
+
+Reads <sweep>/*/results.json (and <sweep>/sweep.json, written by scripts/sweep.py, for the run
+order and to name runs that have no results yet). Writes results.csv and results.md (one row per
+run; the table is also printed), figure3.png (against log2 |C|: reconstruction FID, sampling
+FID, codebook usage, compression cost) and figure4.png (sampling FID against the CFG weight
+alpha, precision against recall over alpha) when some run has a CFG sweep. FSQ runs whose levels
+are not App. A.4.1's for their size are drawn as separate, labelled markers. Missing runs and
+null values leave gaps.
+"""
+
+import argparse
+import csv
+import glob
+import json
+import math
+import os
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+from matplotlib import ticker  # pylint: disable=g-import-not-at-top
+
+from fsq_repro.quantizers.fsq import LEVELS_FOR_CODEBOOK_SIZE
+
+# (key in a table row, markdown header).
+COLUMNS = (
+    ("name", "run"), ("quantizer", "quantizer"), ("levels", "levels"),
+    ("codebook_size", "codebook size"), ("log2_codebook_size", "log2 size"),
+    ("recon_fid", "recon FID"), ("psnr", "PSNR (dB)"), ("usage", "usage (fraction)"),
+    ("codes_used", "codes used"), ("sampling_fid", "sampling FID"), ("best_cfg", "best alpha"),
+    ("precision", "precision"), ("recall", "recall"),
+    ("compression_bits_per_token", "compression (bits/token)"),
+    ("uniform_bits_per_token", "uniform (bits/token)"), ("fid_features", "FID features"),
+    ("stage1_steps", "Stage I steps"), ("stage2_steps", "Stage II steps"),
+)
+COLORS = {"vq": "tab:blue", "fsq": "tab:orange", "fsq_other_levels": "tab:green"}
+
+
+def load_results(root: str) -> tuple[list[dict], list[str]]:
+  """Results (with "name": the run's directory) in sweep.json order, and listed runs lacking one."""
+  found = {os.path.basename(os.path.dirname(path)): path
+           for path in glob.glob(os.path.join(root, "*", "results.json"))}
+  listed = []
+  if os.path.exists(os.path.join(root, "sweep.json")):
+    with open(os.path.join(root, "sweep.json")) as f:
+      listed = [run["name"] for run in json.load(f)["runs"]]
+  order = listed + sorted(set(found) - set(listed))
+  results = []
+  for name in order:
+    if name in found:
+      with open(found[name]) as f:
+        results.append({**json.load(f), "name": name})
+  return results, [name for name in listed if name not in found]
+
+
+def log2_size(result: dict) -> float | None:
+  size = result.get("codebook_size")
+  return math.log2(size) if size else None
+
+
+def on_main_curve(result: dict) -> bool:
+  """False only for FSQ runs whose levels are not App. A.4.1's for the nearest power of two."""
+  levels, bits = result.get("levels"), log2_size(result)
+  if result.get("quantizer") != "fsq" or levels is None or bits is None:
+    return True
+  return list(LEVELS_FOR_CODEBOOK_SIZE.get(2**round(bits), ())) == list(levels)
+
+
+def table_row(result: dict) -> dict:
+  row = {key: result.get(key) for key, _ in COLUMNS}
+  row["log2_codebook_size"] = log2_size(result)
+  row["compression_bits_per_token"] = result.get("compression_cost_bits_per_token")
+  return row
+
+
+def format_cell(value, markdown: bool) -> str:
+  if value is None:
+    return "-" if markdown else ""
+  if isinstance(value, (list, tuple)):
+    return "-".join(str(v) for v in value)
+  if isinstance(value, float):
+    return f"{value:.4g}" if markdown else repr(value)
+  return str(value)
+
+
+def write_csv(rows: list[dict], path: str) -> None:
+  with open(path, "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow([key for key, _ in COLUMNS])
+    for row in rows:
+      writer.writerow([format_cell(row[key], markdown=False) for key, _ in COLUMNS])
+
+
+def markdown_table(rows: list[dict]) -> str:
+  lines = ["| " + " | ".join(header for _, header in COLUMNS) + " |",
+           "|" + "---|" * len(COLUMNS)]
+  for row in rows:
+    cells = [format_cell(row[key], markdown=True).replace("|", "\\|") for key, _ in COLUMNS]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def common_value(results: list[dict], key: str) -> str:
+  """The one value of `key` among the runs that set it, "mixed", or "unknown"."""
+  values = {str(r[key]) for r in results if r.get(key) is not None}
+  return values.pop() if len(values) == 1 else ("mixed" if values else "unknown")
+
+
+def as_float(value) -> float:
+  return math.nan if value is None else float(value)
+
+
+def plot_against_size(ax, results: list[dict], key: str) -> None:
+  """VQ and FSQ curves of results[key] over log2 |C|; other FSQ levels as labelled markers."""
+  sized = sorted((r for r in results if log2_size(r) is not None), key=log2_size)
+  for quantizer in ("vq", "fsq"):
+    curve = [r for r in sized if r.get("quantizer") == quantizer and on_main_curve(r)]
+    if curve:
+      ax.plot([log2_size(r) for r in curve], [as_float(r.get(key)) for r in curve], "o-",
+              color=COLORS[quantizer], label=quantizer.upper())
+  others = [r for r in sized if not on_main_curve(r)]
+  if others:
+    xs, ys = [log2_size(r) for r in others], [as_float(r.get(key)) for r in others]
+    ax.plot(xs, ys, "D", linestyle="none", color=COLORS["fsq_other_levels"],
+            label="FSQ, other levels")
+    for x, y, r in zip(xs, ys, others):
+      if not math.isnan(y):
+        ax.annotate("-".join(str(l) for l in r["levels"]), (x, y), fontsize=7,
+                    xytext=(4, 4), textcoords="offset points")
+  ax.set_xlabel("log2 |C|")
+  ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+  ax.margins(x=0.08)  # room for the level labels
+  ax.grid(alpha=0.3)
+
+
+def draw_figure3(results: list[dict]):
+  features = common_value(results, "fid_features")
+  fig, axes = plt.subplots(2, 2, figsize=(11, 8.5))
+  (a, b), (c, d) = axes
+  plot_against_size(a, results, "recon_fid")
+  a.set(title="(a) Reconstruction FID", ylabel=f"reconstruction FID ({features} features)")
+  plot_against_size(b, results, "sampling_fid")
+  b.set(title="(b) Sampling FID (best alpha)", ylabel=f"sampling FID ({features} features)")
+  plot_against_size(c, results, "usage")
+  c.axhline(1.0, color="gray", linestyle="--", label="maximum")
+  c.axhline(0.5, color="gray", linestyle=":", label="50%")
+  c.set(title="(c) Codebook usage", ylabel="codebook usage (fraction of |C|)")
+  plot_against_size(d, results, "compression_cost_bits_per_token")
+  sizes = sorted({log2_size(r) for r in results if log2_size(r) is not None})
+  if sizes:
+    d.plot(sizes, sizes, color="gray", linestyle="--", label="uniform (log2 |C|)")
+  d.set(title="(d) Compression cost", ylabel="compression cost (bits per token)")
+  for ax in axes.flat:
+    if ax.get_legend_handles_labels()[0]:
+      ax.legend(fontsize=8)
+  fig.suptitle(f"{common_value(results, 'dataset')} at {common_value(results, 'image_size')} px, "
+               f"{len(results)} runs")
+  fig.tight_layout()
+  return fig
+
+
+def cfg_values(result: dict, key: str, alphas: list[str]) -> list[float]:
+  """The values of the {"alpha": value} dict result[key] at `alphas`; missing or null: NaN."""
+  by_cfg = result.get(key) or {}
+  return [as_float(by_cfg.get(alpha)) for alpha in alphas]
+
+
+def draw_figure4(results: list[dict]):
+  """Sampling FID vs alpha and precision vs recall over alpha; None if no run swept alpha."""
+  swept = [r for r in results if r.get("sampling_fid_by_cfg")]
+  if not swept:
+    return None
+  features = common_value(swept, "fid_features")
+  fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+  for r in swept:
+    alphas = sorted(r["sampling_fid_by_cfg"], key=float)
+    left.plot([float(a) for a in alphas], cfg_values(r, "sampling_fid_by_cfg", alphas), "o-",
+              label=r["name"])
+    alphas = sorted(r.get("precision_by_cfg") or {}, key=float)
+    precision = cfg_values(r, "precision_by_cfg", alphas)
+    recall = cfg_values(r, "recall_by_cfg", alphas)
+    right.plot(recall, precision, "o-", label=r["name"])
+    for alpha, x, y in zip(alphas, recall, precision):
+      if not (math.isnan(x) or math.isnan(y)):
+        right.annotate(alpha, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+  left.set(title="Sampling FID vs CFG weight", xlabel="CFG weight alpha",
+           ylabel=f"sampling FID ({features} features)")
+  right.set(title="Precision vs recall (labels: alpha)", xlabel="recall", ylabel="precision")
+  for ax in (left, right):
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+      ax.legend(fontsize=8)
+  fig.tight_layout()
+  return fig
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--sweep", required=True, help="sweep root holding <name>/results.json")
+  parser.add_argument("--out", required=True, help="output directory for the table and figures")
+  args = parser.parse_args(argv)
+  results, missing = load_results(args.sweep)
+  if not results:
+    print(f"error: no results under {args.sweep}/*/results.json; run the eval stage first "
+          "(scripts/sweep.py --run)", file=sys.stderr)
+    return 1
+  os.makedirs(args.out, exist_ok=True)
+  rows = [table_row(r) for r in results]
+  write_csv(rows, os.path.join(args.out, "results.csv"))
+  table = markdown_table(rows)
+  with open(os.path.join(args.out, "results.md"), "w") as f:
+    f.write(table)
+  print(table)
+  if missing:
+    print(f"no results yet (gaps in the figures): {', '.join(missing)}")
+  figures = {"figure3.png": draw_figure3(results), "figure4.png": draw_figure4(results)}
+  for filename, fig in figures.items():
+    if fig is None:
+      print(f"{filename} not written: no run has sampling_fid_by_cfg")
+      continue
+    fig.savefig(os.path.join(args.out, filename), dpi=120)
+    plt.close(fig)
+    print(f"wrote {os.path.join(args.out, filename)}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,245 @@
+"""Enumerates a config's sweep (its get_sweep()) and prints, runs, or prints TPU-pod commands.
+
+  python scripts/sweep.py --config=configs/tradeoff_128.py --root=/data/runs/tradeoff_128 --print
+  python scripts/sweep.py --config=configs/demo.py --root=/tmp/demo_sweep --run --only='fsq_*' \
+      -- --config.stage1.num_train_steps=100
+  python scripts/sweep.py --config=configs/maskgit_256.py --root=/mnt/shared/maskgit_256 \
+      --tpu=my-v4-64 --zone=us-central2-b
+
+Every run gets the workdir <root>/<name> and three stages, stage1, stage2 and eval, each a
+`python -m fsq_repro.main` command from the repository root; arguments after `--` go to every
+command. main.py skips a stage that is already complete and resumes one from its checkpoints,
+so rerunning a sweep continues it. --run reruns a stage that exits with the preemption status
+(75). <root>/sweep.json lists the runs (merged with any earlier listing) for plot_figures.py.
+"""
+
+import argparse
+import fnmatch
+import importlib.util
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from typing import Callable, NamedTuple
+
+from fsq_repro.train.checkpointing import PREEMPTED_EXIT_CODE
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STAGES = ("stage1", "stage2", "eval")
+
+
+class SweepError(Exception):
+  """A run failed or the sweep is misconfigured; the message names what and where."""
+
+
+class Step(NamedTuple):
+  run: str  # the run's name
+  stage: str
+  argv: list[str]
+
+
+def load_sweep(config_file: str) -> list[dict]:
+  """The config file's get_sweep(): [{"name": ..., "arg": ...}], checked for unique, safe names."""
+  if not os.path.isfile(config_file):
+    raise ValueError(f"--config={config_file} is not a file; pass a config such as "
+                     "configs/tradeoff_128.py")
+  spec = importlib.util.spec_from_file_location("sweep_config", config_file)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_sweep"):
+    raise ValueError(f"--config={config_file} has no get_sweep(); use a config that defines one")
+  runs = module.get_sweep()
+  names = [run["name"] for run in runs]
+  for name in names:
+    if not name or "/" in name or name != name.strip() or names.count(name) > 1:
+      raise ValueError(f"get_sweep() of {config_file} has a bad or repeated run name {name!r}; "
+                       "names must be unique and usable as directory names")
+  return runs
+
+
+def select_runs(runs: list[dict], only: str | None) -> list[dict]:
+  """The runs whose names match any comma-separated name or glob in `only` (all if None)."""
+  if not only:
+    return runs
+  names = [run["name"] for run in runs]
+  chosen = set()
+  for pattern in filter(None, only.split(",")):
+    matches = fnmatch.filter(names, pattern)
+    if not matches:
+      raise ValueError(f"--only={pattern!r} matches no run; valid names: {', '.join(names)}")
+    chosen.update(matches)
+  return [run for run in runs if run["name"] in chosen]
+
+
+def repo_relative(path: str) -> str:
+  """A path inside the repository relative to its root (commands run there), else absolute."""
+  path = os.path.abspath(path)
+  relative = os.path.relpath(path, REPO_ROOT)
+  return path if relative.startswith("..") else relative
+
+
+def sweep_steps(runs, config_file: str, root: str, overrides, python: str = "python") -> list[Step]:
+  """One Step per (run, stage), in order: every stage of a run before the next run."""
+  steps = []
+  for run in runs:
+    workdir = os.path.join(root, run["name"])
+    for stage in STAGES:
+      argv = [python, "-m", "fsq_repro.main", f"--mode={stage}",
+              f"--config={config_file}:{run['arg']}", f"--workdir={workdir}", *overrides]
+      steps.append(Step(run["name"], stage, argv))
+  return steps
+
+
+def write_manifest(root: str, runs, config_file: str, overrides) -> str:
+  """Writes <root>/sweep.json; entries of earlier sweeps into the same root are kept."""
+  path = os.path.join(root, "sweep.json")
+  listed = []
+  if os.path.exists(path):
+    with open(path) as f:
+      listed = json.load(f)["runs"]
+  new = {run["name"]: {"name": run["name"], "arg": run["arg"],
+                       "workdir": os.path.join(root, run["name"]), "config": config_file,
+                       "overrides": list(overrides)} for run in runs}
+  merged = [new.pop(entry["name"], entry) for entry in listed] + list(new.values())
+  os.makedirs(root, exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump({"runs": merged}, f, indent=1)
+  os.replace(tmp, path)
+  return path
+
+
+def gcloud_line(command: str, tpu: str, zone: str, repo: str, worker: str = "all") -> str:
+  """A gcloud ssh line running the shell `command` from `repo` on the TPU VM's workers."""
+  cd = "cd ~/" + shlex.quote(repo[2:]) if repo.startswith("~/") else "cd " + shlex.quote(repo)
+  return (f"gcloud compute tpus tpu-vm ssh {shlex.quote(tpu)} --zone={shlex.quote(zone)} "
+          f"--worker={worker} --command={shlex.quote(cd + ' && ' + command)}")
+
+
+def tpu_lines(runs, config_file: str, root: str, overrides, tpu: str, zone: str,
+              repo: str) -> list[str]:
+  """A line for worker 0 that writes sweep.json, then one per stage for every worker.
+
+  On a pod every host runs the same command; jax.distributed finds its peers from the TPU
+  environment.
+  """
+  manifest = ["python", "scripts/sweep.py", f"--config={config_file}", f"--root={root}",
+              f"--only={','.join(run['name'] for run in runs)}", "--print", "--", *overrides]
+  lines = [gcloud_line(shlex.join(manifest) + " > /dev/null", tpu, zone, repo, worker="0")]
+  for step in sweep_steps(runs, config_file, root, overrides):
+    lines.append(gcloud_line(shlex.join(step.argv), tpu, zone, repo))
+  return lines
+
+
+def format_seconds(seconds: float) -> str:
+  seconds = int(round(seconds))
+  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def estimate_remaining(durations: dict, remaining_stages: list[str]) -> float | None:
+  """Seconds left: each stage takes the mean of completed stages of its kind (else of all)."""
+  completed = [d for stage_durations in durations.values() for d in stage_durations]
+  if not completed:
+    return None
+  overall = sum(completed) / len(completed)
+  return sum(sum(durations[s]) / len(durations[s]) if durations.get(s) else overall
+             for s in remaining_stages)
+
+
+def run_command(argv: list[str]) -> int:
+  """Runs one stage from the repository root; its output streams to this terminal."""
+  return subprocess.run(argv, cwd=REPO_ROOT, check=False).returncode
+
+
+def run_steps(steps: list[Step], runner: Callable[[list[str]], int] = run_command, *,
+              max_preemptions: int = 10, clock: Callable[[], float] = time.monotonic,
+              log: Callable[[str], None] = print) -> None:
+  """Runs the steps in order; reruns a preempted stage, raises SweepError on the first failure."""
+  run_names = list(dict.fromkeys(step.run for step in steps))
+  start = clock()
+  durations = {}
+  for i, step in enumerate(steps):
+    where = f"run {run_names.index(step.run) + 1}/{len(run_names)} {step.run}, {step.stage}"
+    eta = estimate_remaining(durations, [s.stage for s in steps[i:]])
+    log(f"[{where}] starting; elapsed {format_seconds(clock() - start)}, "
+        f"ETA {'unknown' if eta is None else format_seconds(eta)}")
+    stage_start = clock()
+    status = runner(step.argv)
+    preemptions = 0
+    while status == PREEMPTED_EXIT_CODE and preemptions < max_preemptions:
+      preemptions += 1
+      log(f"[{where}] preempted (exit status {status}); resuming, retry "
+          f"{preemptions}/{max_preemptions}")
+      status = runner(step.argv)
+    if status == PREEMPTED_EXIT_CODE:
+      raise SweepError(f"run {step.run}, stage {step.stage} was preempted {preemptions + 1} times; "
+                       "rerun the sweep to resume it")
+    if status != 0:
+      raise SweepError(f"run {step.run}, stage {step.stage} failed with exit status {status}; "
+                       f"command: {shlex.join(step.argv)}")
+    durations.setdefault(step.stage, []).append(clock() - stage_start)
+    log(f"[{where}] done in {format_seconds(durations[step.stage][-1])}")
+  log(f"sweep done: {len(run_names)} runs in {format_seconds(clock() - start)}")
+
+
+def parse_args(argv: list[str]):
+  """Flags before `--`; everything after it is passed to every main.py command."""
+  overrides = []
+  if "--" in argv:
+    split = argv.index("--")
+    argv, overrides = argv[:split], argv[split + 1:]
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--config", required=True, help="config file with get_sweep()")
+  parser.add_argument("--only", help="comma-separated run names or globs, e.g. 'fsq_*,vq_2p10'")
+  parser.add_argument("--root", help="sweep root; run workdirs are <root>/<name> "
+                      "(default: runs/<config name>)")
+  mode = parser.add_mutually_exclusive_group(required=True)
+  mode.add_argument("--print", action="store_true", help="print the commands")
+  mode.add_argument("--run", action="store_true", help="run the commands here, in order")
+  mode.add_argument("--tpu", help="TPU VM name: print gcloud ssh commands for every worker")
+  parser.add_argument("--zone", help="the TPU's zone (with --tpu)")
+  parser.add_argument("--repo", default=REPO_ROOT,
+                      help="checkout path on the TPU VMs (with --tpu; default: this checkout's)")
+  parser.add_argument("--max_preemptions", type=int, default=10,
+                      help="reruns of a stage that exits with status 75 (with --run)")
+  args = parser.parse_args(argv)
+  if args.tpu and not args.zone:
+    parser.error("--tpu needs --zone, e.g. --zone=us-central2-b")
+  return args, overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+  args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+  try:
+    runs = select_runs(load_sweep(args.config), args.only)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  config_file = repo_relative(args.config)
+  root = args.root or os.path.join("runs", os.path.splitext(os.path.basename(args.config))[0])
+  if args.tpu:  # the root is a path on the TPU VMs (a relative one: relative to --repo)
+    print(f"# {len(runs)} runs; run these lines in order; a stage that exits 75 (preempted) "
+          "resumes when its line is rerun")
+    for line in tpu_lines(runs, config_file, root, overrides, args.tpu, args.zone, args.repo):
+      print(line)
+    return 0
+  root = os.path.abspath(root)
+  write_manifest(root, runs, config_file, overrides)
+  if args.print:
+    print(f"# {len(runs)} runs, from the repository root {REPO_ROOT}:")
+    for step in sweep_steps(runs, config_file, root, overrides):
+      print(shlex.join(step.argv))
+    return 0
+  try:
+    run_steps(sweep_steps(runs, config_file, root, overrides, python=sys.executable),
+              run_command, max_preemptions=args.max_preemptions)
+  except SweepError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,136 @@
+"""scripts/plot_figures.py on fake results.json files: table rows, figure data, errors."""
+
+import csv
+import json
+import math
+
+import numpy as np
+
+from scripts import plot_figures
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def fake_result(quantizer, levels, codebook_size, **metrics):
+  base = {"quantizer": quantizer, "levels": levels, "codebook_size": codebook_size,
+          "dataset": "fsq_photo_crops", "image_size": 32, "stage1_steps": 600,
+          "stage2_steps": 400, "num_eval_images": 256,
+          "fid_features": "offline_photo_crops_cnn_v1", "recon_fid": None, "psnr": None,
+          "usage": None, "codes_used": None, "sampling_fid": None, "best_cfg": None,
+          "sampling_fid_by_cfg": None, "precision": None, "recall": None,
+          "precision_by_cfg": None, "recall_by_cfg": None, "inception_score": None,
+          "compression_cost_bits_per_token": None, "compression_cost_bits_per_image": None,
+          "uniform_bits_per_token": math.log2(codebook_size)}
+  base.update(metrics)
+  return base
+
+
+RESULTS = {
+    "fsq_2p8": fake_result("fsq", [8, 6, 5], 240, recon_fid=30.0, psnr=21.5, usage=1.0,
+                           codes_used=240, sampling_fid=40.0, best_cfg=0.1,
+                           compression_cost_bits_per_token=7.5,
+                           sampling_fid_by_cfg={"0.0": 45.0, "0.1": 40.0, "0.2": 41.0},
+                           precision_by_cfg={"0.0": 0.5, "0.1": 0.6, "0.2": 0.7},
+                           recall_by_cfg={"0.0": 0.6, "0.1": 0.5, "0.2": 0.4},
+                           precision=0.6, recall=0.5),
+    "fsq_2p10": fake_result("fsq", [8, 5, 5, 5], 1000, usage=0.998, codes_used=998),  # nulls
+    "vq_2p8": fake_result("vq", None, 256, recon_fid=28.0, psnr=22.0, usage=0.75, codes_used=192,
+                          sampling_fid=42.0, compression_cost_bits_per_token=6.0),
+    "vq_2p10": fake_result("vq", None, 1024, recon_fid=27.0, usage=0.4, codes_used=410,
+                           compression_cost_bits_per_token=6.5),
+    "fsq_L4-4-4-4-4": fake_result("fsq", [4, 4, 4, 4, 4], 1024, recon_fid=33.0, usage=0.9,
+                                  codes_used=922, sampling_fid=50.0),
+}
+SWEEP_ORDER = ["fsq_2p8", "fsq_2p10", "fsq_2p12", "vq_2p8", "vq_2p10", "fsq_L4-4-4-4-4"]
+
+
+def write_sweep(root, results=RESULTS, order=SWEEP_ORDER):
+  root.mkdir(exist_ok=True)
+  for name, result in results.items():
+    (root / name).mkdir()
+    (root / name / "results.json").write_text(json.dumps(result))
+  runs = [{"name": n, "arg": "", "workdir": str(root / n), "config": "c.py", "overrides": []}
+          for n in order]
+  (root / "sweep.json").write_text(json.dumps({"runs": runs}))
+
+
+def line_data(ax, label):
+  (line,) = [l for l in ax.get_lines() if l.get_label() == label]
+  return list(line.get_xdata()), list(line.get_ydata())
+
+
+def test_table_and_figures_are_written(tmp_path, capsys):
+  write_sweep(tmp_path / "sweep")
+  out = tmp_path / "out"
+  assert plot_figures.main([f"--sweep={tmp_path / 'sweep'}", f"--out={out}"]) == 0
+  for name in ("figure3.png", "figure4.png"):
+    data = (out / name).read_bytes()
+    assert data.startswith(PNG_SIGNATURE) and len(data) > 10_000
+
+  with open(out / "results.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert [r["name"] for r in rows] == ["fsq_2p8", "fsq_2p10", "vq_2p8", "vq_2p10",
+                                       "fsq_L4-4-4-4-4"]  # sweep.json order, fsq_2p12 missing
+  fsq8, fsq10, vq8 = rows[0], rows[1], rows[2]
+  assert fsq8["levels"] == "8-6-5" and fsq8["codebook_size"] == "240"
+  assert float(fsq8["log2_codebook_size"]) == math.log2(240)
+  assert float(fsq8["recon_fid"]) == 30.0 and float(fsq8["compression_bits_per_token"]) == 7.5
+  assert fsq8["fid_features"] == "offline_photo_crops_cnn_v1"
+  assert (fsq8["stage1_steps"], fsq8["stage2_steps"]) == ("600", "400")
+  assert fsq10["recon_fid"] == "" and fsq10["sampling_fid"] == "" and fsq10["usage"] == "0.998"
+  assert vq8["levels"] == "" and float(vq8["uniform_bits_per_token"]) == 8.0
+
+  md_lines = (out / "results.md").read_text().splitlines()
+  assert len(md_lines) == 2 + 5
+  cells = [c.strip() for c in md_lines[3].strip("|").split("|")]  # fsq_2p10, with nulls
+  header = [c.strip() for c in md_lines[0].strip("|").split("|")]
+  assert len(cells) == len(header) == len(plot_figures.COLUMNS)
+  row = dict(zip(header, cells))
+  assert row["run"] == "fsq_2p10" and row["levels"] == "8-5-5-5" and row["recon FID"] == "-"
+  assert row["log2 size"] == "9.966" and row["usage (fraction)"] == "0.998"
+  stdout = capsys.readouterr().out
+  assert md_lines[0] in stdout and "no results yet (gaps in the figures): fsq_2p12" in stdout
+
+
+def test_figure3_curves_have_gaps_and_separate_level_markers():
+  results = [{**r, "name": n} for n, r in RESULTS.items()]
+  fig = plot_figures.draw_figure3(results)
+  recon, sampling, usage, compression = fig.axes
+  assert recon.get_ylabel() == "reconstruction FID (offline_photo_crops_cnn_v1 features)"
+  xs, ys = line_data(recon, "FSQ")
+  np.testing.assert_allclose(xs, [math.log2(240), math.log2(1000)])
+  assert ys[0] == 30.0 and math.isnan(ys[1])  # the null is a gap
+  xs, ys = line_data(recon, "VQ")
+  assert (xs, ys) == ([8.0, 10.0], [28.0, 27.0])
+  assert line_data(recon, "FSQ, other levels") == ([10.0], [33.0])
+  assert [t.get_text() for t in recon.texts] == ["4-4-4-4-4"]
+  assert line_data(sampling, "FSQ, other levels") == ([10.0], [50.0])
+  assert {l.get_label() for l in usage.get_lines()} >= {"maximum", "50%"}
+  assert line_data(usage, "maximum")[1] == [1.0, 1.0] and line_data(usage, "50%")[1] == [0.5, 0.5]
+  xs, ys = line_data(compression, "uniform (log2 |C|)")
+  assert xs == ys and min(xs) == math.log2(240) and max(xs) == 10.0
+
+
+def test_fid_axis_says_mixed_when_feature_networks_differ():
+  results = [{**RESULTS["vq_2p8"], "name": "a"},
+             {**RESULTS["vq_2p10"], "name": "b", "fid_features": "inception_v3_2015"}]
+  fig = plot_figures.draw_figure3(results)
+  assert fig.axes[0].get_ylabel() == "reconstruction FID (mixed features)"
+  assert plot_figures.draw_figure4(results) is None  # no run swept alpha
+
+
+def test_figure4_plots_fid_over_alpha_and_precision_against_recall():
+  results = [{**r, "name": n} for n, r in RESULTS.items()]
+  fig = plot_figures.draw_figure4(results)
+  fid_ax, pr_ax = fig.axes
+  assert line_data(fid_ax, "fsq_2p8") == ([0.0, 0.1, 0.2], [45.0, 40.0, 41.0])
+  assert line_data(pr_ax, "fsq_2p8") == ([0.6, 0.5, 0.4], [0.5, 0.6, 0.7])
+  assert [t.get_text() for t in pr_ax.texts] == ["0.0", "0.1", "0.2"]
+  assert len(fid_ax.get_lines()) == 1  # the other runs have no CFG sweep
+
+
+def test_no_results_is_a_clear_error(tmp_path, capsys):
+  (tmp_path / "sweep" / "fsq_2p8").mkdir(parents=True)  # a run dir without results.json
+  assert plot_figures.main([f"--sweep={tmp_path / 'sweep'}", f"--out={tmp_path / 'out'}"]) == 1
+  assert "error: no results under" in capsys.readouterr().err
+  assert not (tmp_path / "out").exists()
