@@ -35,6 +35,32 @@ def get_config(arg: str | None = None):
   s.image_every_steps = 200
   s.checkpoint_every_steps = 200
   s.keep_checkpoints = 2
+
+  s = c.stage2
+  s.num_train_steps = 600
+  s.batch_size = 64
+  s.hidden_size = 128
+  s.num_layers = 2
+  s.num_heads = 4
+  s.mlp_dim = 256
+  s.learning_rate = 1e-3
+  s.warmup_steps = 50
+  s.log_every_steps = 50
+  s.checkpoint_every_steps = 200
+  s.keep_checkpoints = 2
+
+  c.sample.num_images = 256
+  c.sample.batch_size = 128
+  c.sample.cfg = 0.2
+  c.sample.grid_images_per_class = 8
+
+  c.eval.num_images = 1024  # the whole validation split
+  c.eval.batch_size = 128
+  c.eval.cfg_sweep = (0.0, 0.1, 0.2)
+  c.eval.num_sample_images = 1024
+  c.eval.num_reference_images = 1024
+  c.eval.compression_num_images = 256
+  c.eval.range_coding_images = 8
   return c
 
 

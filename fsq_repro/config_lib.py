@@ -4,7 +4,9 @@ The defaults are the paper's Figure 3 recipe (MaskGIT's tokenizer and transforme
 128 px); files under configs/ start from `base_config()` and override what differs.
 """
 
+import json
 import math
+import os
 
 import ml_collections
 
@@ -176,5 +178,58 @@ def validate(config, *, num_devices: int, stage: str) -> None:
     if batch < 1 or batch % num_devices:
       raise ValueError(f"{stage}.batch_size={batch} is not divisible by the {num_devices} "
                        f"devices; use a multiple of {num_devices}")
-    if stage_config.num_train_steps < 1:
+    if "num_train_steps" in stage_config and stage_config.num_train_steps < 1:
       raise ValueError(f"{stage}.num_train_steps={stage_config.num_train_steps} must be >= 1")
+
+
+# Fields a rerun may change without starting a different run: schedules, cadences, and
+# everything that belongs to later stages.
+RESUMABLE_FIELDS = ("num_train_steps", "log_every_steps", "image_every_steps",
+                    "checkpoint_every_steps", "keep_checkpoints")
+LATER_STAGES = {"stage1": ("stage2", "sample", "eval", "stage1_workdir"),
+                "stage2": ("sample", "eval")}
+
+
+def changed_fields(saved: dict, config, stage: str) -> list[str]:
+  """Fields whose value differs between a saved run config and `config`, for `stage`."""
+  current = json.loads(config.to_json_best_effort())
+  ignored = set(LATER_STAGES.get(stage, ())) | {"mesh"}
+  ignored_paths = {"dataset.data_dir"}
+  changes = []
+
+  def walk(a, b, path):
+    if isinstance(a, dict) and isinstance(b, dict):
+      for key in sorted(set(a) | set(b)):
+        sub = f"{path}.{key}" if path else key
+        if not path and key in ignored:
+          continue
+        if key in RESUMABLE_FIELDS or sub in ignored_paths:
+          continue
+        walk(a.get(key), b.get(key), sub)
+    elif a != b:
+      changes.append(f"{path}: {a!r} -> {b!r}")
+
+  walk(saved, current, "")
+  return changes
+
+
+def check_same_run(directory: str, config, stage: str) -> None:
+  """Refuses to continue a run in `directory` that was started with a different config."""
+  path = os.path.join(directory, "config.json")
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    saved = json.load(f)["config"]
+  changes = changed_fields(saved, config, stage)
+  if changes:
+    raise ValueError(f"{directory} holds a {stage} run with a different config ("
+                     f"{'; '.join(changes[:3])}{' ...' if len(changes) > 3 else ''}); use a new "
+                     "--workdir, or pass --allow_config_change to continue it with this config")
+
+
+def write_run_config(directory: str, config, **extra) -> None:
+  os.makedirs(directory, exist_ok=True)
+  tmp = os.path.join(directory, "config.json.tmp")
+  with open(tmp, "w") as f:
+    json.dump({"config": json.loads(config.to_json_best_effort()), **extra}, f, indent=1)
+  os.replace(tmp, os.path.join(directory, "config.json"))

@@ -96,3 +96,13 @@ def bytes_per_device(tree) -> dict[str, int]:
       key = str(shard.device)
       totals[key] = totals.get(key, 0) + shard.data.nbytes
   return totals
+
+
+def abstract_state(init_fn, rng, mesh, mesh_config):
+  """(abstract state carrying its shardings, shardings) for `init_fn(rng)`, without running it."""
+  abstract = jax.eval_shape(init_fn, rng)
+  shardings = state_shardings(abstract, mesh, fsdp=mesh_config.fsdp,
+                              min_size=mesh_config.fsdp_min_size)
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          abstract, shardings)
+  return abstract, shardings

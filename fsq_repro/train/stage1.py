@@ -9,7 +9,6 @@ The generator runs forward once per step; the discriminator step reuses its outp
 
 import dataclasses
 import functools
-import json
 import os
 from typing import Any
 
@@ -22,12 +21,13 @@ import numpy as np
 import optax
 from clu import parameter_overview
 
+from fsq_repro import config_lib
 from fsq_repro.data import pipeline
 from fsq_repro.models import discriminator as discriminator_lib
 from fsq_repro.models import perceptual
 from fsq_repro.models import vqgan
 from fsq_repro.quantizers import FiniteScalarQuantizer, VectorQuantizer, split_unused_codes
-from fsq_repro.train import checkpointing, distributed, losses, reporting
+from fsq_repro.train import checkpointing, distributed, loop, losses, reporting
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -196,8 +196,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Stage
   directory = stage_dir(workdir)
   s = config.stage1
   mesh = distributed.make_mesh()
-  autoencoder, discriminator = build_autoencoder(config), build_discriminator(config)
-  optimizer = make_optimizer(s)
   lpips_path = perceptual.find_perceptual_weights(s.perceptual_weights)
   status = perceptual.perceptual_status(s.perceptual_weights)
   lpips_params = perceptual.load_lpips_params(lpips_path) if lpips_path else {}
@@ -211,14 +209,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Stage
                         data_dir=config.dataset.data_dir)  # fails early on unknown datasets
 
   rng = jax.random.key(config.seed)
-  init = functools.partial(create_train_state, autoencoder=autoencoder,
-                           discriminator=discriminator, optimizer=optimizer,
-                           image_size=config.dataset.image_size)
-  abstract_state = jax.eval_shape(init, rng)
-  shardings = distributed.state_shardings(abstract_state, mesh, fsdp=config.mesh.fsdp,
-                                          min_size=config.mesh.fsdp_min_size)
-  abstract_state = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
-                                abstract_state, shardings)
+  autoencoder, discriminator, optimizer, init, abstract_state, shardings = \
+      abstract_train_state(config, mesh)
   checkpointer = checkpointing.Checkpointer(os.path.join(directory, "checkpoints"),
                                             every_steps=s.checkpoint_every_steps,
                                             keep=s.keep_checkpoints)
@@ -242,60 +234,49 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Stage
       out_shardings=(shardings, distributed.replicated(mesh)), donate_argnums=0)
   reconstruct = jax.jit(lambda params, x: autoencoder.apply(
       {"params": params, **state.quantizer_state}, x, train=False)[0])
-  preemption = checkpointing.PreemptionFlag()
-  base_rng = jax.random.fold_in(rng, 1)
-  batches = data(start_step=start_step)
-  try:
-    for step in range(start_step, s.num_train_steps):
-      batch = distributed.global_batch({"image": next(batches)["image"]}, mesh)
-      state, metrics = step_fn(state, batch, lpips_params, jax.random.fold_in(base_rng, step))
-      done = step + 1
-      reporter.tick(done)
-      is_last = done == s.num_train_steps
-      if done % s.log_every_steps == 0 or done % s.checkpoint_every_steps == 0 or is_last:
-        metrics = jax.device_get(metrics)
-        reporting.check_finite(done, metrics, checkpointer.latest_step())
-        if done % s.log_every_steps == 0 or is_last:
-          reporter.scalars(done, metrics)
-      if done % s.image_every_steps == 0 or is_last:
-        originals = batch["image"][:8]
-        recon = reconstruct(state.ema_params, originals)
-        reporter.images(done, {"originals_and_ema_reconstructions": reporting.image_grid(
-            np.concatenate([jax.device_get(originals), jax.device_get(recon)]))[None]})
-      checkpointer.save(done, state, force=is_last)
-      if preemption.should_stop() and not is_last:
-        checkpointer.save(done, state, force=True)
-        checkpointer.close()
-        reporter.text(f"stage1: preempted (SIGTERM); saved step {done}; rerun to resume")
-        raise SystemExit(checkpointing.PREEMPTED_EXIT_CODE)
-  finally:
-    preemption.restore()
-  checkpointer.close()
-  reporter.close()
-  return state
+
+  def log_reconstructions(step, state, batch):
+    if step % s.image_every_steps == 0 or step == s.num_train_steps:
+      originals = batch["image"][:8]
+      recon = reconstruct(state.ema_params, originals)
+      grid = reporting.image_grid(np.concatenate([jax.device_get(originals),
+                                                  jax.device_get(recon)]))
+      reporter.images(step, {"originals_and_ema_reconstructions": grid[None]})
+
+  batches = ({"image": distributed.global_batch({"image": b["image"]}, mesh)["image"]}
+             for b in data(start_step=start_step))
+  return loop.run(state, step_fn=lambda st, b, r: step_fn(st, b, lpips_params, r),
+                  batches=batches, rng=jax.random.fold_in(rng, 1), start_step=start_step,
+                  num_steps=s.num_train_steps, log_every=s.log_every_steps,
+                  checkpointer=checkpointer, reporter=reporter, name="stage1",
+                  on_step=log_reconstructions)
 
 
 def _write_run_config(directory: str, config, perceptual_status: str) -> None:
-  if jax.process_index() != 0:
-    return
-  os.makedirs(directory, exist_ok=True)
-  with open(os.path.join(directory, "config.json"), "w") as f:
-    json.dump({"config": json.loads(config.to_json_best_effort()),
-               "perceptual_loss": perceptual_status}, f, indent=1)
+  if jax.process_index() == 0:
+    config_lib.write_run_config(directory, config, perceptual_loss=perceptual_status)
+
+
+def abstract_train_state(config, mesh):
+  """(autoencoder, discriminator, optimizer, init_fn, abstract state with shardings, shardings)."""
+  autoencoder, discriminator = build_autoencoder(config), build_discriminator(config)
+  optimizer = make_optimizer(config.stage1)
+  init = functools.partial(create_train_state, autoencoder=autoencoder,
+                           discriminator=discriminator, optimizer=optimizer,
+                           image_size=config.dataset.image_size)
+  abstract, shardings = distributed.abstract_state(init, jax.random.key(config.seed), mesh,
+                                                   config.mesh)
+  return autoencoder, discriminator, optimizer, init, abstract, shardings
 
 
 def load_tokenizer(config, workdir: str):
   """The trained EMA autoencoder of `workdir`/stage1: (autoencoder, variables)."""
   directory = os.path.join(stage_dir(workdir), "checkpoints")
-  checkpointer = checkpointing.Checkpointer(directory, every_steps=1, keep=1)
-  if checkpointer.latest_step() is None:
+  if not checkpointing.finished_steps(directory):
     raise FileNotFoundError(f"no Stage I checkpoint in {directory}; run --mode=stage1 first "
                             "or set --config.stage1_workdir")
-  autoencoder, discriminator = build_autoencoder(config), build_discriminator(config)
-  init = functools.partial(create_train_state, autoencoder=autoencoder,
-                           discriminator=discriminator, optimizer=make_optimizer(config.stage1),
-                           image_size=config.dataset.image_size)
-  abstract_state = jax.eval_shape(init, jax.random.key(0))
+  autoencoder, _, _, _, abstract_state, _ = abstract_train_state(config, distributed.make_mesh())
+  checkpointer = checkpointing.Checkpointer(directory, every_steps=1, keep=1)
   state = checkpointer.restore_or_init(None, abstract_state)
   checkpointer.close()
   return autoencoder, {"params": state.ema_params, **state.quantizer_state}
