@@ -17,11 +17,14 @@ DATA_AXIS = "data"
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
                process_id: int | None = None) -> None:
   """Starts jax.distributed when asked to, or when the environment is a multi-host job."""
+  if not coordinator_address and not _environment_is_multihost():
+    return
+  # Cross-process collectives of the CPU backend (accelerators are unaffected). Set
+  # unconditionally: asking JAX for its backend here would initialise it too early.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
   if coordinator_address:
-    if jax.default_backend() == "cpu" or os.environ.get("JAX_PLATFORMS", "") == "cpu":
-      jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address, num_processes, process_id)
-  elif _environment_is_multihost():
+  else:
     jax.distributed.initialize()
 
 
@@ -106,3 +109,11 @@ def abstract_state(init_fn, rng, mesh, mesh_config):
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           abstract, shardings)
   return abstract, shardings
+
+
+def host_array(x) -> np.ndarray:
+  """A numpy copy of `x` on every process; arrays spanning processes are gathered first."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)

@@ -162,8 +162,12 @@ def train_step(state: Stage1State, batch, lpips_params, rng, *, autoencoder, dis
   if lc.split_every_steps:
     g_params, quantizer_state = _split_codebook(g_params, quantizer_state, state.step + 1,
                                                 rng, lc.split_every_steps)
-  ema_params = jax.tree.map(lambda e, p: lc.ema_decay * e + (1 - lc.ema_decay) * p,
-                            state.ema_params, g_params)
+  # The decay ramps up as (1 + t) / (10 + t) until it reaches ema_decay, so that short runs
+  # do not keep most of the initialisation in their EMA (TF's ExponentialMovingAverage).
+  step = state.step.astype(jnp.float32)
+  decay = jnp.minimum(lc.ema_decay, (1.0 + step) / (10.0 + step))
+  ema_params = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state.ema_params,
+                            g_params)
   metrics = {"generator_loss": g_loss, "discriminator_loss": d_loss, **g_terms, **d_terms,
              **q_stats, "generator_grad_norm": optax.global_norm(g_grads),
              "discriminator_grad_norm": optax.global_norm(d_grads)}
