@@ -18,3 +18,29 @@ def tiny_config(arg="quantizer=fsq,codebook_bits=6"):
   s.image_every_steps = 3
   s.checkpoint_every_steps = 3
   return c
+
+
+def tiny_pipeline_config(arg="quantizer=fsq,codebook_bits=6"):
+  """Stage I, Stage II, sampling and evaluation, each a few seconds."""
+  c = tiny_config(arg)
+  s = c.stage2
+  s.num_train_steps = 30
+  s.batch_size = 16
+  s.hidden_size = 32
+  s.num_layers = 1
+  s.num_heads = 2
+  s.mlp_dim = 64
+  s.learning_rate = 3e-3
+  s.warmup_steps = 5
+  s.log_every_steps = 5
+  s.checkpoint_every_steps = 15
+  c.sample.num_images = 16
+  c.sample.batch_size = 16
+  c.eval.num_images = 96
+  c.eval.batch_size = 32
+  c.eval.cfg_sweep = (0.0, 0.5)
+  c.eval.num_sample_images = 32
+  c.eval.num_reference_images = 64
+  c.eval.compression_num_images = 32
+  c.eval.range_coding_images = 2
+  return c
