@@ -6,7 +6,9 @@ Reads <sweep>/*/results.json (and <sweep>/sweep.json, written by scripts/sweep.p
 order and to name runs that have no results yet). Writes results.csv and results.md (one row per
 run; the table is also printed), figure3.png (against log2 |C|: reconstruction FID, sampling
 FID, codebook usage, compression cost) and figure4.png (sampling FID against the CFG weight
-alpha, precision against recall over alpha) when some run has a CFG sweep. FSQ runs whose levels
+alpha, precision against recall over alpha) when some run has a CFG sweep, and
+training_study.png (codes used per batch and reconstruction loss against Stage I steps for
+the largest codebook of each quantizer, from the runs' stage1/metrics.jsonl). FSQ runs whose levels
 are not App. A.4.1's for their size are drawn as separate, labelled markers. Missing runs and
 null values leave gaps.
 """
@@ -199,6 +201,47 @@ def draw_figure4(results: list[dict]):
   return fig
 
 
+def read_metrics(path: str) -> list[dict]:
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def draw_training_study(root: str, results: list[dict]):
+  """Codes used per batch and reconstruction loss against Stage I steps, largest |C| of each.
+
+  Shows where the usage and reconstruction trends are heading when a short run has not
+  converged. Returns None when no Stage I metrics.jsonl is found.
+  """
+  largest = {}
+  for r in results:
+    if r.get("codebook_size") and on_main_curve(r):
+      if r["quantizer"] not in largest or r["codebook_size"] > largest[r["quantizer"]]["codebook_size"]:
+        largest[r["quantizer"]] = r
+  curves = {q: read_metrics(os.path.join(root, r["name"], "stage1", "metrics.jsonl"))
+            for q, r in largest.items()}
+  curves = {q: m for q, m in curves.items() if m}
+  if not curves:
+    return None
+  fig, (ax_usage, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
+  for quantizer, metrics in sorted(curves.items()):
+    r = largest[quantizer]
+    steps = [m["step"] for m in metrics]
+    label = f"{quantizer.upper()} {r['name']} (|C| = {r['codebook_size']})"
+    ax_usage.plot(steps, [m.get("codes_used_in_batch", math.nan) for m in metrics], label=label)
+    ax_loss.plot(steps, [m.get("reconstruction_loss", math.nan) for m in metrics], label=label)
+  ax_usage.set(xlabel="Stage I step", ylabel="distinct codes in a training batch",
+               title="codebook use during training")
+  ax_loss.set(xlabel="Stage I step", ylabel="L2 reconstruction loss (train batch)",
+              title="reconstruction during training", yscale="log")
+  for ax in (ax_usage, ax_loss):
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  return fig
+
+
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--sweep", required=True, help="sweep root holding <name>/results.json")
@@ -218,10 +261,11 @@ def main(argv: list[str] | None = None) -> int:
   print(table)
   if missing:
     print(f"no results yet (gaps in the figures): {', '.join(missing)}")
-  figures = {"figure3.png": draw_figure3(results), "figure4.png": draw_figure4(results)}
+  figures = {"figure3.png": draw_figure3(results), "figure4.png": draw_figure4(results),
+             "training_study.png": draw_training_study(args.sweep, results)}
   for filename, fig in figures.items():
     if fig is None:
-      print(f"{filename} not written: no run has sampling_fid_by_cfg")
+      print(f"{filename} not written: no run has the data for it")
       continue
     fig.savefig(os.path.join(args.out, filename), dpi=120)
     plt.close(fig)

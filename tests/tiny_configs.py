@@ -12,6 +12,7 @@ def tiny_config(arg="quantizer=fsq,codebook_bits=6"):
   c.model.num_groups = 4
   c.model.disc_max_filters = 8
   s = c.stage1
+  s.generator_weight = 0.1  # exercise the GAN path, which the demo turns off
   s.batch_size = 8
   s.num_train_steps = 6
   s.log_every_steps = 1

@@ -112,7 +112,7 @@ def create_train_state(rng, *, autoencoder, discriminator, optimizer, image_size
 
 def train_step(state: Stage1State, batch, lpips_params, rng, *, autoencoder, discriminator,
                lpips, optimizer, loss_config: LossConfig):
-  """One generator and one discriminator update; returns (state, float32 metrics)."""
+  """One generator update, then one discriminator update; returns (state, float32 metrics)."""
   lc = loss_config
   images = batch["image"]
   mutable = list(state.quantizer_state)
@@ -121,12 +121,13 @@ def train_step(state: Stage1State, batch, lpips_params, rng, *, autoencoder, dis
     variables = {"params": g_params, **state.quantizer_state}
     (recon, q_out), quantizer_state = autoencoder.apply(variables, images, train=True,
                                                         mutable=mutable)
-    fake_logits = discriminator.apply({"params": state.d_params}, recon)
     terms = {"reconstruction_loss": losses.l2_reconstruction_loss(recon, images),
-             "generator_gan_loss": losses.generator_gan_loss(fake_logits),
              "quantizer_loss": q_out.loss}
-    total = (lc.reconstruction_weight * terms["reconstruction_loss"]
-             + lc.generator_weight * terms["generator_gan_loss"] + q_out.loss)
+    total = lc.reconstruction_weight * terms["reconstruction_loss"] + q_out.loss
+    if lc.generator_weight:
+      fake_logits = discriminator.apply({"params": state.d_params}, recon)
+      terms["generator_gan_loss"] = losses.generator_gan_loss(fake_logits)
+      total = total + lc.generator_weight * terms["generator_gan_loss"]
     if lc.perceptual_weight:
       terms["perceptual_loss"] = jnp.mean(lpips.apply({"params": lpips_params}, recon, images))
       total = total + lc.perceptual_weight * terms["perceptual_loss"]
@@ -134,7 +135,31 @@ def train_step(state: Stage1State, batch, lpips_params, rng, *, autoencoder, dis
 
   (g_loss, (recon, quantizer_state, g_terms, q_stats)), g_grads = jax.value_and_grad(
       generator_loss, has_aux=True)(state.g_params)
-  fake = jax.lax.stop_gradient(recon)
+  g_updates, g_opt_state = optimizer.update(g_grads, state.g_opt_state, state.g_params)
+  g_params = optax.apply_updates(state.g_params, g_updates)
+  if lc.split_every_steps:
+    g_params, quantizer_state = _split_codebook(g_params, quantizer_state, state.step + 1,
+                                                rng, lc.split_every_steps)
+  # The decay ramps up as (1 + t) / (10 + t) until it reaches ema_decay, so that short runs
+  # do not keep most of the initialisation in their EMA (TF's ExponentialMovingAverage).
+  step = state.step.astype(jnp.float32)
+  decay = jnp.minimum(lc.ema_decay, (1.0 + step) / (10.0 + step))
+  ema_params = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state.ema_params,
+                            g_params)
+  metrics = {"generator_loss": g_loss, **g_terms, **q_stats,
+             "generator_grad_norm": optax.global_norm(g_grads)}
+  state = state.replace(step=state.step + 1, g_params=g_params, ema_params=ema_params,
+                        g_opt_state=g_opt_state, quantizer_state=quantizer_state)
+  if lc.generator_weight:  # without a GAN term the discriminator has nothing to do
+    state, d_metrics = _discriminator_update(state, images, jax.lax.stop_gradient(recon),
+                                             discriminator=discriminator, optimizer=optimizer,
+                                             lc=lc)
+    metrics.update(d_metrics)
+  return state, jax.tree.map(lambda x: x.astype(jnp.float32), metrics)
+
+
+def _discriminator_update(state: Stage1State, images, fake, *, discriminator, optimizer, lc):
+  """Logistic GAN loss + R1 on reals (+ LeCam) for the discriminator, on the step's fakes."""
 
   def discriminator_loss(d_params):
     apply = lambda x: discriminator.apply({"params": d_params}, x)
@@ -154,28 +179,11 @@ def train_step(state: Stage1State, batch, lpips_params, rng, *, autoencoder, dis
 
   (d_loss, (d_terms, lecam_ema)), d_grads = jax.value_and_grad(
       discriminator_loss, has_aux=True)(state.d_params)
-
-  g_updates, g_opt_state = optimizer.update(g_grads, state.g_opt_state, state.g_params)
-  g_params = optax.apply_updates(state.g_params, g_updates)
   d_updates, d_opt_state = optimizer.update(d_grads, state.d_opt_state, state.d_params)
   d_params = optax.apply_updates(state.d_params, d_updates)
-  if lc.split_every_steps:
-    g_params, quantizer_state = _split_codebook(g_params, quantizer_state, state.step + 1,
-                                                rng, lc.split_every_steps)
-  # The decay ramps up as (1 + t) / (10 + t) until it reaches ema_decay, so that short runs
-  # do not keep most of the initialisation in their EMA (TF's ExponentialMovingAverage).
-  step = state.step.astype(jnp.float32)
-  decay = jnp.minimum(lc.ema_decay, (1.0 + step) / (10.0 + step))
-  ema_params = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state.ema_params,
-                            g_params)
-  metrics = {"generator_loss": g_loss, "discriminator_loss": d_loss, **g_terms, **d_terms,
-             **q_stats, "generator_grad_norm": optax.global_norm(g_grads),
+  metrics = {"discriminator_loss": d_loss, **d_terms,
              "discriminator_grad_norm": optax.global_norm(d_grads)}
-  new_state = state.replace(step=state.step + 1, g_params=g_params, d_params=d_params,
-                            ema_params=ema_params, g_opt_state=g_opt_state,
-                            d_opt_state=d_opt_state, quantizer_state=quantizer_state,
-                            lecam_ema=lecam_ema)
-  return new_state, jax.tree.map(lambda x: x.astype(jnp.float32), metrics)
+  return state.replace(d_params=d_params, d_opt_state=d_opt_state, lecam_ema=lecam_ema), metrics
 
 
 def _split_codebook(g_params, quantizer_state, step, rng, every):
