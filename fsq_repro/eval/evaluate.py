@@ -120,19 +120,20 @@ def sampling_metrics(config, workdir, network, reference, reference_pool, mesh):
   sampler = generate.Sampler(config, workdir)
   by_cfg, samples_by_cfg = {}, {}
   for alpha in e.cfg_sweep:
+    start = time.time()
     images, labels = generate.sample_many(sampler, num_images=e.num_sample_images,
                                           batch_size=config.sample.batch_size,
                                           cfg_alpha=alpha, seed=config.seed)
-    pool_stats, _, logits = features.compute_statistics(
-        network, _image_batches(images, e.batch_size))
-    sample_pool = np.concatenate([out["pool"] for out in features.iter_features(
-        network, _image_batches(images, e.batch_size))])
+    outputs = list(features.iter_features(network, _image_batches(images, e.batch_size)))
+    sample_pool = np.concatenate([out["pool"] for out in outputs])
+    logits = np.concatenate([out["logits"] for out in outputs])
+    pool_stats = fid.FeatureStats.empty(sample_pool.shape[1]).update(sample_pool)
     precision, recall = pr.precision_recall(reference_pool, sample_pool)
     by_cfg[f"{alpha:g}"] = {"fid": _fid_to_reference(pool_stats, reference),
                             "precision": float(precision), "recall": float(recall),
                             "inception_score": fid.inception_score(logits)}
     samples_by_cfg[f"{alpha:g}"] = (images, labels)
-    print(f"eval: cfg {alpha:g}: sampling FID {by_cfg[f'{alpha:g}']['fid']:.3f} "
+    print(f"eval: cfg {alpha:g} ({time.time() - start:.0f} s): sampling FID {by_cfg[f'{alpha:g}']['fid']:.3f} "
           f"({network.name}), precision {precision:.3f}, recall {recall:.3f}", flush=True)
   return sampler, by_cfg, samples_by_cfg
 
@@ -187,14 +188,18 @@ def evaluate(config, workdir: str) -> dict:
                                                     stage2.stage1_workdir(config, workdir))
   recon = reconstruct_split(config, autoencoder, ae_variables, network, mesh)
   recon_fid = _fid_to_reference(recon["pool_stats"], reference)
-  print(f"eval: reconstruction FID {recon_fid:.3f}, PSNR {recon['psnr']:.2f} dB, usage "
+  print(f"eval: ({time.time() - start:.0f} s) reconstruction FID {recon_fid:.3f}, PSNR {recon['psnr']:.2f} dB, usage "
         f"{recon['usage'].usage:.4f} ({recon['usage'].codes_used} of "
         f"{config.quantizer.codebook_size} codes)", flush=True)
 
   sampler, by_cfg, samples_by_cfg = sampling_metrics(config, workdir, network, reference,
                                                      reference_pool, mesh)
   best = min(by_cfg, key=lambda a: by_cfg[a]["fid"])
+  costs_start = time.time()
   costs = compression_metrics(config, sampler, recon["tokens"], recon["labels"])
+  print(f"eval: compression cost {costs['compression_cost_bits_per_token']:.3f} bits/token "
+        f"(uniform {costs['uniform_bits_per_token']:.3f}) in {time.time() - costs_start:.0f} s",
+        flush=True)
 
   q = config.quantizer
   results = {

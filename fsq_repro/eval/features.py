@@ -129,7 +129,7 @@ def iter_features(feature_network: FeatureNetwork,
   every row.
   """
   for batch in batches:
-    outputs = jax.tree.map(_to_host, feature_network.features(batch["image"]))
+    outputs = jax.tree.map(distributed.host_array, feature_network.features(batch["image"]))
     if "mask" in batch:
       keep = distributed.host_array(batch["mask"]).astype(bool)
       outputs = {key: value[keep] for key, value in outputs.items()}
