@@ -10,6 +10,7 @@ Every FID names its feature network (`fid_features`). Reconstructions and the be
 samples are saved as ADM .npz files under `workdir`/eval/ for the official suite.
 """
 
+import hashlib
 import json
 import math
 import os
@@ -50,8 +51,10 @@ def reference_statistics(config, network, mesh, cache_dir=None):
   """
   cache_dir = cache_dir or os.environ.get(
       "FSQ_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "fsq_repro"))
+  # The source names the weights (file, accuracy), so retrained weights get new statistics.
+  weights_id = hashlib.sha1(network.source.encode()).hexdigest()[:10]
   key = f"{config.dataset.name}-{config.dataset.train_split}-{config.dataset.image_size}px-" \
-        f"{network.name}-{config.eval.num_reference_images}"
+        f"{network.name}-{weights_id}-{config.eval.num_reference_images}"
   path = os.path.join(cache_dir, "reference", key.replace("/", "_").replace(":", "_") + ".npz")
   if os.path.exists(path):
     stats = adm_npz.load_reference_stats(path)
