@@ -16,7 +16,8 @@ RESULT_KEYS = {
     "quantizer", "levels", "codebook_size", "dataset", "image_size", "stage1_steps",
     "stage2_steps", "num_eval_images", "fid_features", "recon_fid", "psnr", "usage",
     "codes_used", "sampling_fid", "sampling_fid_by_cfg", "precision", "recall",
-    "inception_score", "compression_cost_bits_per_token", "compression_cost_bits_per_image"}
+    "inception_score", "compression_cost_bits_per_token", "compression_cost_bits_per_image",
+    "sampling_sfid"}
 
 
 @pytest.mark.parametrize("arg", ["quantizer=fsq,codebook_bits=6", "quantizer=vq,codebook_bits=6"])

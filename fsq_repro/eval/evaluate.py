@@ -129,10 +129,14 @@ def sampling_metrics(config, workdir, network, reference, reference_pool, mesh):
                                           cfg_alpha=alpha, seed=config.seed)
     outputs = list(features.iter_features(network, _image_batches(images, e.batch_size)))
     sample_pool = np.concatenate([out["pool"] for out in outputs])
+    sample_spatial = np.concatenate([out["spatial"] for out in outputs])
     logits = np.concatenate([out["logits"] for out in outputs])
     pool_stats = fid.FeatureStats.empty(sample_pool.shape[1]).update(sample_pool)
+    spatial_stats = fid.FeatureStats.empty(sample_spatial.shape[1]).update(sample_spatial)
     precision, recall = pr.precision_recall(reference_pool, sample_pool)
     by_cfg[f"{alpha:g}"] = {"fid": _fid_to_reference(pool_stats, reference),
+                            "sfid": fid.frechet_distance(*spatial_stats.mean_and_covariance(),
+                                                         reference["mu_s"], reference["sigma_s"]),
                             "precision": float(precision), "recall": float(recall),
                             "inception_score": fid.inception_score(logits)}
     samples_by_cfg[f"{alpha:g}"] = (images, labels)
@@ -218,6 +222,7 @@ def evaluate(config, workdir: str) -> dict:
       "codes_used": recon["usage"].codes_used,
       "sampling_fid": by_cfg[best]["fid"], "best_cfg": float(best),
       "sampling_fid_by_cfg": {a: v["fid"] for a, v in by_cfg.items()},
+      "sampling_sfid": by_cfg[best]["sfid"],
       "precision": by_cfg[best]["precision"], "recall": by_cfg[best]["recall"],
       "precision_by_cfg": {a: v["precision"] for a, v in by_cfg.items()},
       "recall_by_cfg": {a: v["recall"] for a, v in by_cfg.items()},
