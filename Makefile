@@ -22,8 +22,11 @@ test: install
 test-slow: install
 	$(PY) -m pytest -q -m slow
 
+# The whole pipeline on the embedded dataset: FSQ and VQ at 2^6..2^12, Stage I, Stage II,
+# evaluation, then the table and figures in demo_out/. Rerunning reuses finished runs.
 demo: install
-	$(PY) scripts/bench_quantizers.py
+	$(PY) scripts/sweep.py --config=configs/demo.py --root=demo_out --run
+	$(PY) scripts/plot_figures.py --sweep=demo_out --out=demo_out
 
 bench: install
 	$(PY) scripts/bench_quantizers.py
