@@ -10,6 +10,7 @@ one resumes. Bad input ends with one "error: ..." line before anything is compil
 
 import json
 import os
+import signal
 import sys
 
 import jax
@@ -68,6 +69,10 @@ def already_complete(config, mode: str, workdir: str) -> bool:
 
 def main(argv):
   del argv
+  # Preemption before the training loop (start-up, compilation, token extraction) also
+  # exits with the "rerun me" status; the loop installs its own handler that saves first.
+  signal.signal(signal.SIGTERM,
+                lambda *_: sys.exit(checkpointing.PREEMPTED_EXIT_CODE))
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax and TFDS log every file at INFO
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
@@ -95,8 +100,21 @@ def main(argv):
     evaluate.evaluate(config, workdir)
 
 
+def parse_flags(argv):
+  """absl's flag parsing, except that an override of an unknown config field ends in one line."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError) as e:  # how ml_collections reports an unknown field
+    while isinstance(e, Exception) and e.args:  # ml_collections nests the message
+      e = e.args[0]
+    detail = " ".join(str(e).replace('"', "").replace("'", "").split())
+    print(f"error: a --config.* override names no config field: {detail}; check its spelling",
+          file=sys.stderr)
+    sys.exit(2)
+
+
 def run():
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top
 import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
 from fsq_repro.data import embedded  # pylint: disable=g-import-not-at-top
+from fsq_repro.data import image_folder  # pylint: disable=g-import-not-at-top
 
 EMBEDDED_DATASET = embedded.FsqPhotoCrops.name  # "fsq_photo_crops"
 # Records held for shuffling; for ImageNet (~110 kB per JPEG) about 1.8 GB.
@@ -57,12 +58,14 @@ def default_data_dir() -> str:
 
 def _builder(dataset_name: str, data_dir: str | None):
   """The TFDS builder of a known image/label dataset (maybe not prepared)."""
+  if image_folder.is_image_folder(dataset_name):  # a user's folder: see image_folder.py
+    return image_folder.builder(dataset_name, data_dir or default_data_dir())
   base_name = dataset_name.split("/")[0].split(":")[0]
   if base_name not in tfds.list_builders(with_community_datasets=False):
     raise ValueError(
         f"dataset_name={dataset_name!r} is not a TFDS dataset; use "
-        f"{EMBEDDED_DATASET!r} (embedded, offline), 'imagenet2012', 'cifar10' "
-        "or another name from tfds.list_builders()")
+        f"{EMBEDDED_DATASET!r} (embedded, offline), 'imagenet2012', 'cifar10', "
+        "another name from tfds.list_builders(), or 'image_folder:<dir>'")
   builder = tfds.builder(dataset_name, data_dir=data_dir or default_data_dir())
   features = builder.info.features
   if ("image" not in features or "label" not in features or
@@ -260,7 +263,8 @@ def create_split(
 
   Args:
     dataset_name: a TFDS name with 'image' and 'label' features, e.g.
-      'fsq_photo_crops' (embedded, prepared on first use), 'imagenet2012'.
+      'fsq_photo_crops' (embedded, prepared on first use), 'imagenet2012', or
+      'image_folder:<dir>' (class subfolders of JPEG/PNG files, image_folder.py).
     split: a TFDS split string; each process reads its own even slice of it.
     batch_size: examples per batch on this process.
     image_size: output height and width.

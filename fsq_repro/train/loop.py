@@ -31,20 +31,31 @@ def run(state, *, step_fn: Callable, batches: Iterator, rng, start_step: int, nu
       is_log = done % log_every == 0 or is_last
       if is_log or done % checkpointer.every_steps == 0:
         metrics = jax.device_get(metrics)
-        reporting.check_finite(done, metrics, checkpointer.latest_step())
+        _check_finite(done, metrics, checkpointer, reporter)
         if is_log:
           reporter.scalars(done, metrics)
       if on_step is not None:
         on_step(done, state, batch)
       checkpointer.save(done, state, force=is_last)
       if not is_last and preemption.should_stop():
+        _check_finite(done, jax.device_get(metrics), checkpointer, reporter)  # saves no NaN
         checkpointer.save(done, state, force=True)
         checkpointer.close()
         reporter.text(f"{name}: preempted (SIGTERM); saved step {done}; rerun to resume")
         reporter.close()
         raise SystemExit(checkpointing.PREEMPTED_EXIT_CODE)
+    checkpointer.close()  # still under the SIGTERM handler: a late SIGTERM lets this finish
+    reporter.close()
   finally:
     preemption.restore()
-  checkpointer.close()
-  reporter.close()
   return state
+
+
+def _check_finite(step: int, metrics: dict, checkpointer, reporter) -> None:
+  """Raises NonFiniteLossError once the last good checkpoint, maybe still writing, is done."""
+  try:
+    reporting.check_finite(step, metrics, checkpointer.latest_step())
+  except reporting.NonFiniteLossError:
+    checkpointer.close()
+    reporter.close()
+    raise
