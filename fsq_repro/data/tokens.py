@@ -24,8 +24,9 @@ def shard_path(directory: str, process_index: int, shard_index: int) -> str:
 
 def write_shard(path: str, tokens: np.ndarray, labels: np.ndarray, codebook_size: int) -> None:
   dtype = np.uint16 if codebook_size <= 2**16 else np.int32
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, tokens=tokens.astype(dtype), labels=labels.astype(np.int32))
+  tmp = path + ".tmp"  # never matches the shard glob, so a killed write is never read
+  with open(tmp, "wb") as f:
+    np.savez(f, tokens=tokens.astype(dtype), labels=labels.astype(np.int32))
   os.replace(tmp, path)
 
 

@@ -44,7 +44,11 @@ def check_stage1(config, workdir: str) -> None:
   if not checkpointing.finished_steps(checkpoints):
     raise FileNotFoundError(f"no Stage I checkpoint in {checkpoints}; run --mode=stage1 with "
                             f"--workdir={source} first, or set --config.stage1_workdir")
-  with open(os.path.join(stage1.stage_dir(source), "config.json")) as f:
+  saved = os.path.join(stage1.stage_dir(source), "config.json")
+  if not os.path.exists(saved):
+    raise FileNotFoundError(f"{saved} is missing, so the Stage I run's quantizer is unknown; "
+                            "rerun --mode=stage1 in that workdir")
+  with open(saved) as f:
     trained = json.load(f)["config"]["quantizer"]
   ours = config.quantizer
   for field in ("kind", "codebook_size") + (("levels",) if ours.kind == "fsq" else ("codebook_dim",)):
