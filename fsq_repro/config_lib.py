@@ -44,6 +44,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.disc_channel_multiplier = 1
   c.model.disc_max_filters = 512
   c.model.dtype = "float32"  # compute dtype; "bfloat16" for mixed precision
+  c.model.remat = False  # recompute residual blocks in the backward pass: less memory
 
   c.stage1 = ml_collections.ConfigDict()
   c.stage1.num_train_steps = 500_000  # ~100 epochs of ImageNet at batch 256
@@ -77,6 +78,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.stage2.mlp_dim = 3072
   c.stage2.dropout_rate = 0.1
   c.stage2.dtype = "float32"
+  c.stage2.remat = False  # recompute each layer in the backward pass: less memory
   c.stage2.learning_rate = 1e-4
   c.stage2.warmup_steps = 5000
   c.stage2.adam_b1 = 0.9
@@ -182,10 +184,10 @@ def validate(config, *, num_devices: int, stage: str) -> None:
       raise ValueError(f"{stage}.num_train_steps={stage_config.num_train_steps} must be >= 1")
 
 
-# Fields a rerun may change without starting a different run: schedules, cadences, and
-# everything that belongs to later stages.
+# Fields a rerun may change without starting a different run: schedules, cadences, remat
+# (memory only), and everything that belongs to later stages.
 RESUMABLE_FIELDS = ("num_train_steps", "log_every_steps", "image_every_steps",
-                    "checkpoint_every_steps", "keep_checkpoints")
+                    "checkpoint_every_steps", "keep_checkpoints", "remat")
 LATER_STAGES = {"stage1": ("stage2", "sample", "eval", "stage1_workdir"),
                 "stage2": ("sample", "eval")}
 

@@ -71,7 +71,7 @@ class TransformerLayer(nn.Module):
   dtype: jnp.dtype
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     attention = nn.MultiHeadDotProductAttention(
         num_heads=self.num_heads, dtype=self.dtype, param_dtype=jnp.float32,
         dropout_rate=self.attention_dropout_rate, kernel_init=_INIT,
@@ -92,6 +92,8 @@ class MaskGITTransformer(nn.Module):
 
   Params are float32; `dtype` is the compute dtype (e.g. jnp.bfloat16). The output head is
   Dense -> GELU -> LayerNorm, then logits = h @ token_embedding.T + a per-id bias.
+  `remat` recomputes each layer's activations in the backward pass instead of storing them
+  (same parameters and results; less memory, one more forward pass of compute).
   """
   vocab_size: int
   hidden_size: int = 768
@@ -102,6 +104,7 @@ class MaskGITTransformer(nn.Module):
   dropout_rate: float = 0.1
   attention_dropout_rate: float = 0.1
   dtype: jnp.dtype = jnp.float32
+  remat: bool = False
 
   @nn.compact
   def __call__(self, input_ids: jax.Array, *, train: bool) -> jax.Array:
@@ -116,10 +119,10 @@ class MaskGITTransformer(nn.Module):
     x = token_embedding(input_ids) + position_embedding[None, :length].astype(self.dtype)
     x = _layer_norm(self.dtype, "embedding_norm")(x)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+    layer = nn.remat(TransformerLayer, static_argnums=(2,)) if self.remat else TransformerLayer
     for i in range(self.num_layers):
-      x = TransformerLayer(
-          self.hidden_size, self.num_heads, self.mlp_dim, self.dropout_rate,
-          self.attention_dropout_rate, self.dtype, name=f"layer_{i}")(x, train=train)
+      x = layer(self.hidden_size, self.num_heads, self.mlp_dim, self.dropout_rate,
+                self.attention_dropout_rate, self.dtype, name=f"layer_{i}")(x, train)
 
     x = _dense(self.hidden_size, self.dtype, "head_dense")(x)
     x = nn.gelu(x, approximate=True)

@@ -4,8 +4,10 @@ A single "data" mesh axis spans every device of every process. Batches are shard
 it; parameters are replicated, or with FSDP sharded along their largest divisible axis.
 """
 
+import collections
 import os
 import re
+from typing import Iterator
 
 import jax
 import numpy as np
@@ -84,6 +86,20 @@ def global_batch(local_batch: dict, mesh) -> dict:
           for k, v in local_batch.items()}
 
 
+def prefetch_to_device(local_batches: Iterator[dict], mesh, size: int = 2) -> Iterator[dict]:
+  """`global_batch` of each of `local_batches`, built `size` batches ahead of its use.
+
+  Building a global batch starts its host-to-device copy; starting it early lets the copy
+  overlap the steps still running instead of delaying the next one.
+  """
+  queue = collections.deque()
+  for local_batch in local_batches:
+    queue.append(global_batch(local_batch, mesh))
+    if len(queue) > size:
+      yield queue.popleft()
+  yield from queue
+
+
 def per_process_batch_size(global_batch_size: int) -> int:
   if global_batch_size % jax.process_count():
     raise ValueError(f"batch_size={global_batch_size} is not divisible by the "
@@ -99,6 +115,12 @@ def bytes_per_device(tree) -> dict[str, int]:
       key = str(shard.device)
       totals[key] = totals.get(key, 0) + shard.data.nbytes
   return totals
+
+
+def abstract_bytes_per_device(abstract_tree) -> int:
+  """Bytes of the largest share one device will hold of a tree of sharded ShapeDtypeStructs."""
+  return sum(int(np.prod(leaf.sharding.shard_shape(leaf.shape), dtype=np.int64))
+             * np.dtype(leaf.dtype).itemsize for leaf in jax.tree.leaves(abstract_tree))
 
 
 def abstract_state(init_fn, rng, mesh, mesh_config):

@@ -47,7 +47,7 @@ def build_autoencoder(config) -> vqgan.Autoencoder:
   return vqgan.Autoencoder(quantizer=build_quantizer(config.quantizer), filters=m.filters,
                            channel_multipliers=tuple(m.channel_multipliers),
                            num_res_blocks=m.num_res_blocks, num_groups=m.num_groups,
-                           dtype=DTYPES[m.dtype])
+                           dtype=DTYPES[m.dtype], remat=m.remat)
 
 
 def build_discriminator(config) -> discriminator_lib.Discriminator:
@@ -251,12 +251,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Stage
     if step % s.image_every_steps == 0 or step == s.num_train_steps:
       originals = batch["image"][:8]
       recon = reconstruct(state.ema_params, originals)
-      grid = reporting.image_grid(np.concatenate([jax.device_get(originals),
-                                                  jax.device_get(recon)]))
+      grid = reporting.image_grid(np.concatenate([distributed.host_array(originals),
+                                                  distributed.host_array(recon)]))
       reporter.images(step, {"originals_and_ema_reconstructions": grid[None]})
 
-  batches = ({"image": distributed.global_batch({"image": b["image"]}, mesh)["image"]}
-             for b in data(start_step=start_step))
+  batches = distributed.prefetch_to_device(
+      ({"image": b["image"]} for b in data(start_step=start_step)), mesh)
   return loop.run(state, step_fn=lambda st, b, r: step_fn(st, b, lpips_params, r),
                   batches=batches, rng=jax.random.fold_in(rng, 1), start_step=start_step,
                   num_steps=s.num_train_steps, log_every=s.log_every_steps,

@@ -131,7 +131,7 @@ def build_transformer(config, layout) -> transformer_lib.MaskGITTransformer:
       vocab_size=layout.vocab_size, hidden_size=s.hidden_size, num_layers=s.num_layers,
       num_heads=s.num_heads, mlp_dim=s.mlp_dim, max_len=tokens_per_image(config) + 1,
       dropout_rate=s.dropout_rate, attention_dropout_rate=s.dropout_rate,
-      dtype=stage1.DTYPES[s.dtype])
+      dtype=stage1.DTYPES[s.dtype], remat=s.remat)
 
 
 def make_optimizer(s: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -181,7 +181,7 @@ def train_step(state: Stage2State, batch, rng, *, model, layout, optimizer, s):
           jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), metrics))
 
 
-def _abstract_state(config, layout, mesh):
+def abstract_train_state(config, layout, mesh):
   model, optimizer = build_transformer(config, layout), make_optimizer(config.stage2)
   init = functools.partial(create_train_state, model=model, optimizer=optimizer,
                            sequence_length=tokens_per_image(config) + 1)
@@ -203,7 +203,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Stage
                                     seed=config.seed, process_index=jax.process_index(),
                                     process_count=jax.process_count())
 
-  model, optimizer, init, abstract_state, shardings = _abstract_state(config, layout, mesh)
+  model, optimizer, init, abstract_state, shardings = abstract_train_state(config, layout, mesh)
   rng = jax.random.key(config.seed)
   checkpointer = checkpointing.Checkpointer(os.path.join(directory, "checkpoints"),
                                             every_steps=s.checkpoint_every_steps,
@@ -223,7 +223,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Stage
   step_fn = jax.jit(functools.partial(train_step, model=model, layout=layout,
                                       optimizer=optimizer, s=s),
                     out_shardings=(shardings, distributed.replicated(mesh)), donate_argnums=0)
-  global_batches = (distributed.global_batch(b, mesh) for b in batches.iterate(start_step))
+  global_batches = distributed.prefetch_to_device(batches.iterate(start_step), mesh)
   return loop.run(state, step_fn=step_fn, batches=global_batches,
                   rng=jax.random.fold_in(rng, 3), start_step=start_step,
                   num_steps=s.num_train_steps, log_every=s.log_every_steps,
@@ -236,7 +236,7 @@ def load_transformer(config, workdir: str):
   if not checkpointing.finished_steps(directory):
     raise FileNotFoundError(f"no Stage II checkpoint in {directory}; run --mode=stage2 first")
   layout = token_layout(config)
-  model, _, _, abstract_state, _ = _abstract_state(config, layout, distributed.make_mesh())
+  model, _, _, abstract_state, _ = abstract_train_state(config, layout, distributed.make_mesh())
   checkpointer = checkpointing.Checkpointer(directory, every_steps=1, keep=1)
   state = checkpointer.restore_or_init(None, abstract_state)
   checkpointer.close()

@@ -1,0 +1,334 @@
+"""Two local processes (jax.distributed, gloo CPU collectives) against one process.
+
+Each process of a two-process run reads its own slice of the data, so its global batch is
+[process 0's rows, process 1's rows] of two different slices, with per-process
+augmentation keys. A one-process run of the same config reads the whole split instead:
+different batches, different losses. The comparison that must hold is with one process fed
+the same global batches, so the reference run reads both slices itself and concatenates
+them (`pipeline.create_split` wrapped in the reference process). It runs on two CPU
+devices: the same per-device programs as the two processes, so the results agree to
+float32 round-off of the cross-device sums. Stage II batches are slices of one global batch
+of the shared token files (`tokens.TokenBatches`), so there the reference only needs the
+same token files: it trains on a copy of the ones the two processes extracted.
+Evaluation covers the whole eval split, in any order, so there the reference is simply one
+process: usage counts and tokens must be equal, FID statistics equal up to round-off.
+The training and evaluation runs take minutes and are marked slow (`make test-slow`).
+"""
+
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from fsq_repro.train import checkpointing, distributed, stage1, stage2
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMEOUT_S = 900
+
+CONFIG = textwrap.dedent("""
+    from tiny_configs import tiny_config
+
+    def get_config(arg=None):
+      c = tiny_config(arg or "quantizer=fsq,codebook_bits=6")
+      s = c.stage1
+      s.num_train_steps = 3
+      s.checkpoint_every_steps = s.image_every_steps = 3
+      s = c.stage2
+      s.batch_size = 64  # 64 batches of token extraction over the 4096 training crops
+      s.hidden_size, s.num_layers, s.num_heads, s.mlp_dim = 16, 1, 2, 32
+      s.warmup_steps = 1
+      s.num_train_steps = 3
+      s.log_every_steps = 1
+      s.checkpoint_every_steps = 3
+      # The whole eval split: a two-process run's first N images are another subset.
+      c.eval.num_images = 1024
+      c.eval.batch_size = 64
+      return c
+""")
+
+REFERENCE_RUN = textwrap.dedent("""
+    import importlib.util, os, shutil, sys
+    import jax
+    jax.config.update("jax_num_cpu_devices", 2)
+    import numpy as np
+    from fsq_repro.data import pipeline
+    from fsq_repro.train import stage1, stage2
+
+    config_path, workdir, two_process_tokens = sys.argv[1:4]
+    spec = importlib.util.spec_from_file_location("config", config_path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    read_slice = pipeline.create_split
+
+    def both_slices(*args, batch_size, **kwargs):
+      # The two-process global batch: process 0's rows of its slice, then process 1's.
+      halves = [read_slice(*args, batch_size=batch_size // 2, process_index=i,
+                           process_count=2, **kwargs) for i in range(2)]
+      for first, second in zip(*halves):
+        yield {k: np.concatenate([first[k], second[k]]) for k in first}
+
+    pipeline.create_split = both_slices
+    stage1.train_and_evaluate(config, workdir)
+    tokens = os.path.join(stage2.stage_dir(workdir), "tokens")
+    stage2.extract_tokens(config, workdir)
+    os.rename(tokens, os.path.join(workdir, "extracted_tokens"))
+    shutil.copytree(two_process_tokens, tokens)
+    stage2.train_and_evaluate(config, workdir)
+""")
+
+
+EVAL_RUN = textwrap.dedent("""
+    import importlib.util, sys
+    import jax
+    import numpy as np
+    from fsq_repro.eval import evaluate, features
+    from fsq_repro.train import distributed, stage1
+
+    config_path, workdir, out, address = sys.argv[1:5]
+    num_processes, process_id = int(sys.argv[5]), int(sys.argv[6])
+    if num_processes > 1:
+      distributed.initialize(address, num_processes, process_id)
+    spec = importlib.util.spec_from_file_location("config", config_path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    # A fixed random projection stands in for the feature network: same data flow, no
+    # classifier to train.
+    projection = np.random.default_rng(0).standard_normal((16 * 16 * 3, 8), np.float32)
+    network = features.FeatureNetwork("projection", "test", jax.jit(
+        lambda x: {"pool": x.reshape(len(x), -1) @ projection}))
+    autoencoder, variables = stage1.load_tokenizer(config, workdir)
+    recon = evaluate.reconstruct_split(config, autoencoder, variables, network,
+                                       distributed.make_mesh())
+    stats = recon["pool_stats"]
+    np.savez(out, counts=recon["usage"].counts, num_images=len(recon["tokens"]),
+             tokens=recon["tokens"], labels=recon["labels"], psnr=recon["psnr"],
+             count=stats.count, feature_sum=stats.feature_sum, outer_sum=stats.outer_sum)
+""")
+
+EVAL_PIECES_RUN = textwrap.dedent("""
+    import sys
+    import jax
+    import numpy as np
+    from fsq_repro.eval import fid
+    from fsq_repro.eval.usage import CodebookUsage
+    from fsq_repro.train import distributed
+
+    address, num_processes, process_id, out = sys.argv[1], *map(int, sys.argv[2:4]), sys.argv[4]
+    if num_processes > 1:
+      distributed.initialize(address, num_processes, process_id)
+    data = np.random.default_rng(0)
+    images = data.random((16, 4, 4, 3), np.float32)  # the global batch
+    codes = data.integers(0, 50, (16, 3))
+    local = slice(process_id * 16 // num_processes, (process_id + 1) * 16 // num_processes)
+    batch = distributed.global_batch({"image": images[local]}, distributed.make_mesh())
+    projection = data.standard_normal((48, 5)).astype(np.float32)
+    features = jax.jit(lambda x: x.reshape(len(x), -1) @ projection)(batch["image"])
+    mean_pixel = jax.jit(lambda x: x.mean())(batch["image"])
+    stats = fid.FeatureStats.empty(5).update(distributed.host_array(features))
+    usage = CodebookUsage(50).update(codes[local]).merge_across_processes()
+    np.savez(out, mean_pixel=distributed.host_array(mean_pixel), count=stats.count,
+             feature_sum=stats.feature_sum, outer_sum=stats.outer_sum, counts=usage.counts)
+""")
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def environment(devices: int) -> dict:
+  return dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices),
+              TF_CPP_MIN_LOG_LEVEL="2",
+              PYTHONPATH=os.pathsep.join([os.path.join(ROOT, "tests"), ROOT]))
+
+
+def spawn(args: list[str], devices: int, log_path) -> subprocess.Popen:
+  """A Python subprocess in the repository root; its stderr goes to `log_path`."""
+  with open(log_path, "w") as log:
+    return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=environment(devices),
+                            stdout=subprocess.DEVNULL, stderr=log)
+
+
+def check_finished(processes: dict, what: str) -> None:
+  """Waits for {log path: process}; one failing (or the timeout) stops all the others,
+  which could otherwise wait for it in a collective forever."""
+  deadline = time.monotonic() + TIMEOUT_S
+  while any(p.poll() is None for p in processes.values()):
+    if time.monotonic() > deadline or any(p.returncode for p in processes.values()):
+      for p in processes.values():
+        p.kill()
+        p.wait()
+      break
+    time.sleep(0.2)
+  for log_path, process in processes.items():
+    with open(log_path) as f:
+      assert process.returncode == 0, f"{what} ({log_path}):\n{f.read()[-4000:]}"
+
+
+def run_two_processes(mode: str, config_path, workdir) -> None:
+  """`python -m fsq_repro.main` as processes 0 and 1 of one job on 127.0.0.1."""
+  address = f"127.0.0.1:{free_port()}"
+  logs = [f"{workdir}-{mode}-{i}.log" for i in range(2)]
+  check_finished({log: spawn(
+      ["-m", "fsq_repro.main", f"--mode={mode}", f"--config={config_path}",
+       f"--workdir={workdir}", f"--coordinator_address={address}", "--num_processes=2",
+       f"--process_id={i}"], 1, log) for i, log in enumerate(logs)}, f"two-process {mode}")
+
+
+def read_metrics(workdir, stage: str) -> list[dict]:
+  with open(os.path.join(workdir, stage, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def process_tokens(directory, process: int) -> np.ndarray:
+  names = sorted(n for n in os.listdir(directory)
+                 if n.startswith(f"tokens-p{process:03d}-") and n.endswith(".npz"))
+  return np.concatenate([np.load(os.path.join(directory, n))["tokens"] for n in names])
+
+
+def load_config(path):
+  spec = importlib.util.spec_from_file_location("tiny_multihost", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def restored_stage1_state(config, workdir):
+  *_, abstract, _ = stage1.abstract_train_state(config, distributed.make_mesh())
+  checkpointer = checkpointing.Checkpointer(
+      os.path.join(stage1.stage_dir(workdir), "checkpoints"), every_steps=1, keep=1)
+  state = checkpointer.restore_or_init(None, abstract)
+  checkpointer.close()
+  return state
+
+
+def assert_trees_close(a, b, what: str) -> None:
+  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(leaves_a) == len(leaves_b) > 0
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6,
+                               err_msg=what)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """(config path, config, two-process workdir, one-process reference workdir), trained."""
+  root = tmp_path_factory.mktemp("multihost")
+  config_path = root / "tiny_multihost.py"
+  config_path.write_text(CONFIG)
+  two, one = root / "two_processes", root / "one_process"
+  run_two_processes("stage1", config_path, two)
+  run_two_processes("stage2", config_path, two)
+  log = root / "reference.log"
+  check_finished({log: spawn(["-c", REFERENCE_RUN, str(config_path), str(one),
+                              str(two / "stage2" / "tokens")], 2, log)},
+                 "one-process reference")
+  return config_path, load_config(config_path), two, one
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one(trained):
+  """Stage I, token extraction and Stage II: losses, tokens and final parameters agree."""
+  _, config, two, one = trained
+  for stage, keys in (("stage1", ("generator_loss", "discriminator_loss",
+                                  "reconstruction_loss", "r1_penalty")),
+                      ("stage2", ("loss", "masked_token_accuracy", "grad_norm"))):
+    two_metrics, one_metrics = read_metrics(two, stage), read_metrics(one, stage)
+    assert len(two_metrics) == len(one_metrics) == 3
+    for a, b in zip(two_metrics, one_metrics):
+      for key in keys:
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-5, err_msg=f"{stage} {key}")
+
+  # Extraction: each process wrote its half of every global batch, in batch order.
+  extracted = np.concatenate([np.load(p)["tokens"] for p in
+                              sorted((one / "extracted_tokens").glob("tokens-p*.npz"))])
+  local = config.stage2.batch_size // 2
+  by_process = extracted.reshape(-1, 2, local, *extracted.shape[1:]).swapaxes(0, 1)
+  for process in range(2):
+    np.testing.assert_array_equal(process_tokens(two / "stage2" / "tokens", process),
+                                  by_process[process].reshape(-1, *extracted.shape[1:]))
+
+  assert_trees_close(restored_stage1_state(config, str(two)),
+                     restored_stage1_state(config, str(one)), "stage1 state")
+  assert_trees_close(stage2.load_transformer(config, str(two))[1],
+                     stage2.load_transformer(config, str(one))[1], "stage2 params")
+
+
+@pytest.mark.slow
+def test_two_processes_evaluate_like_one(trained, tmp_path):
+  """Eval-split reconstructions of the two-process tokenizer: usage counts, tokens, PSNR and
+  feature statistics from two processes equal those of one process reading the whole split."""
+  config_path, _, two, _ = trained
+  address = f"127.0.0.1:{free_port()}"
+  check_finished({tmp_path / f"{i}.log": spawn(
+      ["-c", EVAL_RUN, str(config_path), str(two), str(tmp_path / f"{i}.npz"), address, "2",
+       str(i)], 1, tmp_path / f"{i}.log") for i in range(2)}, "two-process evaluation")
+  check_finished({tmp_path / "one.log": spawn(
+      ["-c", EVAL_RUN, str(config_path), str(two), str(tmp_path / "one.npz"), "", "1", "0"],
+      1, tmp_path / "one.log")}, "one-process evaluation")
+
+  one = np.load(tmp_path / "one.npz")
+  assert one["count"] == one["num_images"] == 1024 and one["counts"].sum() == 1024 * 64
+  # One process visits the split in order; two interleave their slices batch by batch.
+  order = np.lexsort(one["tokens"].reshape(1024, -1).T)
+  for i in range(2):
+    two_run = np.load(tmp_path / f"{i}.npz")
+    np.testing.assert_array_equal(two_run["counts"], one["counts"])
+    assert two_run["count"] == one["count"]
+    two_order = np.lexsort(two_run["tokens"].reshape(1024, -1).T)
+    np.testing.assert_array_equal(two_run["tokens"][two_order], one["tokens"][order])
+    np.testing.assert_array_equal(np.sort(two_run["labels"]), np.sort(one["labels"]))
+    for key in ("psnr", "feature_sum", "outer_sum"):
+      np.testing.assert_allclose(two_run[key], one[key], rtol=1e-5, err_msg=key)
+
+
+def test_two_processes_gather_eval_statistics_like_one(tmp_path):
+  """Global batches, jitted reductions, FID statistics and usage counts across processes."""
+  address = f"127.0.0.1:{free_port()}"
+  runs = {tmp_path / f"{i}.log": spawn(
+      ["-c", EVAL_PIECES_RUN, address, "2", str(i), str(tmp_path / f"{i}.npz")], 1,
+      tmp_path / f"{i}.log") for i in range(2)}
+  runs[tmp_path / "one.log"] = spawn(
+      ["-c", EVAL_PIECES_RUN, "", "1", "0", str(tmp_path / "one.npz")], 1, tmp_path / "one.log")
+  check_finished(runs, "eval pieces")
+  one = np.load(tmp_path / "one.npz")
+  data = np.random.default_rng(0)
+  images, codes = data.random((16, 4, 4, 3), np.float32), data.integers(0, 50, (16, 3))
+  np.testing.assert_array_equal(one["counts"], np.bincount(codes.ravel(), minlength=50))
+  np.testing.assert_allclose(one["mean_pixel"], images.mean(), rtol=1e-6)
+  assert one["count"] == 16
+  for i in range(2):
+    two = np.load(tmp_path / f"{i}.npz")
+    np.testing.assert_array_equal(two["counts"], one["counts"])
+    assert two["count"] == one["count"]
+    for key in ("mean_pixel", "feature_sum", "outer_sum"):
+      np.testing.assert_allclose(two[key], one[key], rtol=1e-6, err_msg=key)
+
+
+def test_prefetch_to_device_keeps_order_and_reads_only_size_ahead():
+  mesh = distributed.make_mesh()
+  read = []
+
+  def local_batches():
+    for i in range(5):
+      read.append(i)
+      yield {"x": np.full((2, 3), i, np.float32)}
+
+  batches = distributed.prefetch_to_device(local_batches(), mesh, size=2)
+  first = next(batches)
+  assert read == [0, 1, 2]  # the batch in use and two more on their way
+  assert isinstance(first["x"], jax.Array) and first["x"].sharding == \
+      distributed.batch_sharding(mesh)
+  rest = [int(b["x"][0, 0]) for b in batches]
+  assert [int(first["x"][0, 0])] + rest == [0, 1, 2, 3, 4]
