@@ -153,6 +153,23 @@ def test_cfg_pulls_samples_towards_the_conditional_mode():
   assert np.mean(guided == 1) < 0.01
 
 
+def test_sample_categorical_draws_from_the_softmax():
+  """Frequencies of 200,000 draws per row match the probabilities within 5 standard
+  errors, zero-probability entries are never drawn, and so is no index >= V."""
+  probs = np.array([[0.5, 0.0, 0.2, 0.3, 0.0, 0.0],
+                    [0.0, 0.0, 0.0, 0.0, 0.0, 1.0],
+                    [1 / 6] * 6], np.float32)
+  draws = 200_000
+  log_probs = jnp.log(jnp.asarray(probs))[:, None, :].repeat(draws, axis=1)
+  samples = np.asarray(jax.jit(sampling.sample_categorical)(jax.random.key(0), log_probs))
+  assert samples.shape == (3, draws) and samples.dtype == np.int32
+  for row, p in zip(samples, probs):
+    frequency = np.bincount(row, minlength=6) / draws
+    assert len(frequency) == 6
+    np.testing.assert_array_equal(frequency[p == 0], 0)
+    np.testing.assert_array_less(np.abs(frequency - p), 5 * np.sqrt(p * (1 - p) / draws) + 1e-9)
+
+
 def test_rejects_bad_arguments():
   with pytest.raises(ValueError, match="num_steps"):
     sampling.sample_tokens(LOGITS_FN, jax.random.key(0), LABELS, num_tokens=NUM_TOKENS,
