@@ -32,7 +32,7 @@ def get_config(arg: str | None = None):
   # time) and no perceptual loss (its weights are not downloadable here). The paper's
   # recipe, with both, is configs/tradeoff_128.py.
   s.generator_weight = 0.0
-  s.num_train_steps = 400
+  s.num_train_steps = 350
   s.batch_size = 32
   s.learning_rate = 3e-4
   s.log_every_steps = 50
@@ -41,7 +41,7 @@ def get_config(arg: str | None = None):
   s.keep_checkpoints = 2
 
   s = c.stage2
-  s.num_train_steps = 300
+  s.num_train_steps = 200
   s.batch_size = 32
   s.hidden_size = 128
   s.num_layers = 2

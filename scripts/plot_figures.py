@@ -145,9 +145,9 @@ def draw_figure3(results: list[dict]):
   fig, axes = plt.subplots(2, 2, figsize=(11, 8.5))
   (a, b), (c, d) = axes
   plot_against_size(a, results, "recon_fid")
-  a.set(title="(a) Reconstruction FID", ylabel=f"reconstruction FID ({features} features)")
+  a.set(title="(a) Reconstruction FID", ylabel=f"reconstruction FID\n({features} features)")
   plot_against_size(b, results, "sampling_fid")
-  b.set(title="(b) Sampling FID (best alpha)", ylabel=f"sampling FID ({features} features)")
+  b.set(title="(b) Sampling FID (best alpha)", ylabel=f"sampling FID\n({features} features)")
   plot_against_size(c, results, "usage")
   c.axhline(1.0, color="gray", linestyle="--", label="maximum")
   c.axhline(0.5, color="gray", linestyle=":", label="50%")
@@ -191,7 +191,7 @@ def draw_figure4(results: list[dict]):
       if not (math.isnan(x) or math.isnan(y)):
         right.annotate(alpha, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
   left.set(title="Sampling FID vs CFG weight", xlabel="CFG weight alpha",
-           ylabel=f"sampling FID ({features} features)")
+           ylabel=f"sampling FID\n({features} features)")
   right.set(title="Precision vs recall (labels: alpha)", xlabel="recall", ylabel="precision")
   for ax in (left, right):
     ax.grid(alpha=0.3)

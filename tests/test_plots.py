@@ -96,7 +96,7 @@ def test_figure3_curves_have_gaps_and_separate_level_markers():
   results = [{**r, "name": n} for n, r in RESULTS.items()]
   fig = plot_figures.draw_figure3(results)
   recon, sampling, usage, compression = fig.axes
-  assert recon.get_ylabel() == "reconstruction FID (offline_photo_crops_cnn_v1 features)"
+  assert recon.get_ylabel() == "reconstruction FID\n(offline_photo_crops_cnn_v1 features)"
   xs, ys = line_data(recon, "FSQ")
   np.testing.assert_allclose(xs, [math.log2(240), math.log2(1000)])
   assert ys[0] == 30.0 and math.isnan(ys[1])  # the null is a gap
@@ -115,7 +115,7 @@ def test_fid_axis_says_mixed_when_feature_networks_differ():
   results = [{**RESULTS["vq_2p8"], "name": "a"},
              {**RESULTS["vq_2p10"], "name": "b", "fid_features": "inception_v3_2015"}]
   fig = plot_figures.draw_figure3(results)
-  assert fig.axes[0].get_ylabel() == "reconstruction FID (mixed features)"
+  assert fig.axes[0].get_ylabel() == "reconstruction FID\n(mixed features)"
   assert plot_figures.draw_figure4(results) is None  # no run swept alpha
 
 
