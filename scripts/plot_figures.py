@@ -6,7 +6,8 @@ Reads <sweep>/*/results.json (and <sweep>/sweep.json, written by scripts/sweep.p
 order and to name runs that have no results yet). Writes results.csv and results.md (one row per
 run; the table is also printed), figure3.png (against log2 |C|: reconstruction FID, sampling
 FID, codebook usage, compression cost) and figure4.png (sampling FID against the CFG weight
-alpha, precision against recall over alpha) when some run has a CFG sweep, and
+alpha, precision against recall over alpha, for each quantizer's run nearest 2^10 codes, as in
+the paper) when some run has a CFG sweep, and
 training_study.png (codes used per batch and reconstruction loss against Stage I steps for
 the largest codebook of each quantizer, from the runs' stage1/metrics.jsonl). FSQ runs whose levels
 are not App. A.4.1's for their size are drawn as separate, labelled markers. Missing runs and
@@ -172,9 +173,26 @@ def cfg_values(result: dict, key: str, alphas: list[str]) -> list[float]:
   return [as_float(by_cfg.get(alpha)) for alpha in alphas]
 
 
+FIGURE4_LOG2_SIZE = 10  # the paper's Figure 4: FSQ [8, 5, 5, 5] (|C| = 1000) vs VQ 1024
+
+
+def figure4_runs(results: list[dict]) -> list[dict]:
+  """Per quantizer, the run with a CFG sweep whose |C| is nearest 2^10 (ties: the first)."""
+  chosen = {}
+  for r in results:
+    bits = log2_size(r)
+    if not r.get("sampling_fid_by_cfg") or bits is None:
+      continue
+    best = chosen.get(r.get("quantizer"))
+    if best is None or abs(bits - FIGURE4_LOG2_SIZE) < abs(log2_size(best) - FIGURE4_LOG2_SIZE):
+      chosen[r.get("quantizer")] = r
+  return list(chosen.values())
+
+
 def draw_figure4(results: list[dict]):
-  """Sampling FID vs alpha and precision vs recall over alpha; None if no run swept alpha."""
-  swept = [r for r in results if r.get("sampling_fid_by_cfg")]
+  """Sampling FID vs alpha and precision vs recall over alpha for `figure4_runs`; None if
+  no run swept alpha."""
+  swept = figure4_runs(results)
   if not swept:
     return None
   features = common_value(swept, "fid_features")

@@ -129,6 +129,16 @@ def test_figure4_plots_fid_over_alpha_and_precision_against_recall():
   assert len(fid_ax.get_lines()) == 1  # the other runs have no CFG sweep
 
 
+def test_figure4_compares_the_runs_nearest_1024_codes_per_quantizer():
+  sweep = {"sampling_fid_by_cfg": {"0.0": 1.0}, "precision_by_cfg": {"0.0": 0.5},
+           "recall_by_cfg": {"0.0": 0.5}}
+  results = [fake_result(q, None, size, **sweep) | {"name": f"{q}_{size}"}
+             for q, size in (("fsq", 64), ("fsq", 1000), ("fsq", 4375), ("vq", 256),
+                             ("vq", 4096), ("vq", 1024))]
+  fid_ax, _ = plot_figures.draw_figure4(results).axes
+  assert sorted(line.get_label() for line in fid_ax.get_lines()) == ["fsq_1000", "vq_1024"]
+
+
 def test_no_results_is_a_clear_error(tmp_path, capsys):
   (tmp_path / "sweep" / "fsq_2p8").mkdir(parents=True)  # a run dir without results.json
   assert plot_figures.main([f"--sweep={tmp_path / 'sweep'}", f"--out={tmp_path / 'out'}"]) == 1
