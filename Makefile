@@ -29,7 +29,7 @@ demo: install
 	$(PY) scripts/plot_figures.py --sweep=demo_out --out=demo_out
 
 # Quantizer throughput, then training/sampling/eval speed and MFU of the demo config.
-# The paper's configs too: `.venv/bin/python scripts/bench.py` (about 25 minutes on 2 cores).
+# The paper's configs too: `.venv/bin/python scripts/bench.py` (about 20 minutes on 2 cores).
 bench: install
 	$(PY) scripts/bench_quantizers.py
 	$(PY) scripts/bench.py --configs=demo
