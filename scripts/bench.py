@@ -45,7 +45,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from fsq_repro import sampling
-from fsq_repro.data import pipeline
 from fsq_repro.eval import compression, features
 from fsq_repro.models import inception, perceptual, vqgan
 from fsq_repro.models import transformer as transformer_lib
@@ -232,12 +231,6 @@ def bench_stage1(config, mesh, steps: int) -> dict:
   return {"image_size": size, "perceptual_loss": bool(lpips_path), **report}
 
 
-def token_layout(config) -> transformer_lib.TokenLayout:
-  return transformer_lib.TokenLayout(
-      codebook_size=config.quantizer.codebook_size,
-      num_classes=pipeline.num_classes(config.dataset.name))
-
-
 def random_tokens(config, layout, batch_size: int, seed: int):
   rng = np.random.default_rng(seed)
   tokens = rng.integers(0, layout.codebook_size, (batch_size, stage2.tokens_per_image(config)))
@@ -246,7 +239,7 @@ def random_tokens(config, layout, batch_size: int, seed: int):
 
 
 def bench_stage2(config, mesh, steps: int) -> dict:
-  layout = token_layout(config)
+  layout = stage2.token_layout(config)
   model, optimizer, _, abstract, shardings = stage2.abstract_train_state(config, layout, mesh)
   step = jax.jit(functools.partial(stage2.train_step, model=model, layout=layout,
                                    optimizer=optimizer, s=config.stage2),
@@ -263,7 +256,7 @@ def frozen_models(config, mesh):
   """Synthetic Stage I tokenizer variables and Stage II parameters, and the modules."""
   ae, *_, stage1_abstract, _ = stage1.abstract_train_state(config, mesh)
   stage1_state = synthetic_state(stage1_abstract)
-  layout = token_layout(config)
+  layout = stage2.token_layout(config)
   model, _, _, stage2_abstract, _ = stage2.abstract_train_state(config, layout, mesh)
   params = synthetic_state(stage2_abstract.params)
   ae_variables = {"params": stage1_state.ema_params, **stage1_state.quantizer_state}
@@ -337,7 +330,7 @@ def bench_state_memory(config, num_devices: int) -> dict:
     config = config.copy_and_resolve_references()
     config.mesh.fsdp = fsdp
     abstract1 = stage1.abstract_train_state(config, mesh)[4]
-    abstract2 = stage2.abstract_train_state(config, token_layout(config), mesh)[3]
+    abstract2 = stage2.abstract_train_state(config, stage2.token_layout(config), mesh)[3]
     name = "fsdp" if fsdp else "replicated"
     report[f"stage1_{name}_bytes_per_device"] = distributed.abstract_bytes_per_device(abstract1)
     report[f"stage2_{name}_bytes_per_device"] = distributed.abstract_bytes_per_device(abstract2)
