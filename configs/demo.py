@@ -12,13 +12,9 @@ from fsq_repro import config_lib
 
 
 def get_config(arg: str | None = None):
-  args = config_lib.parse_args(arg, {"quantizer": "fsq", "codebook_bits": 10, "levels": ""})
-  c = config_lib.base_config()
+  c, _ = config_lib.from_args(arg)
   c.dataset.name = "fsq_photo_crops"
   c.dataset.image_size = 32
-
-  levels = config_lib.parse_levels(args["levels"]) if args["levels"] else None
-  config_lib.set_quantizer(c, args["quantizer"], args["codebook_bits"], levels)
   c.quantizer.codebook_dim = 32
 
   c.model.filters = 16

@@ -48,17 +48,11 @@ BEST_CFG = {"fsq": 0.2, "vq": 0.1}  # the paper's best alpha at 256 px
 
 
 def get_config(arg: str | None = None):
-  args = config_lib.parse_args(arg, {"quantizer": "fsq", "codebook_bits": 10, "levels": ""})
-  c = config_lib.base_config()
-  levels = config_lib.parse_levels(args["levels"]) if args["levels"] else None
-  config_lib.set_quantizer(c, args["quantizer"], args["codebook_bits"], levels)
-  c.quantizer.entropy_loss_weight = 0.1  # MaskGIT's entropy loss; used by VQ only
+  c, _ = config_lib.from_args(arg)  # Figure 3's recipe; what Figure 4 changes follows
   c.dataset.image_size = 256  # 16 x 16 tokens with the 16x downsampling tokenizer
   c.stage1.num_train_steps = 1_000_000
   c.stage1.batch_size = 512
   c.stage2.num_train_steps = 2_500_000
-  c.stage2.batch_size = 256
-  c.eval.cfg_sweep = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25)
   c.sample.cfg = BEST_CFG[c.quantizer.kind]
   return c
 

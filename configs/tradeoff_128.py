@@ -57,16 +57,7 @@ SMALL_LEVELS = ((4, 4, 4, 4), (4, 4, 4, 4, 4), (4, 4, 4, 4, 4, 4))
 
 
 def get_config(arg: str | None = None):
-  args = config_lib.parse_args(arg, {"quantizer": "fsq", "codebook_bits": 10, "levels": ""})
-  c = config_lib.base_config()  # the defaults are this figure's recipe
-  levels = config_lib.parse_levels(args["levels"]) if args["levels"] else None
-  config_lib.set_quantizer(c, args["quantizer"], args["codebook_bits"], levels)
-  c.quantizer.entropy_loss_weight = 0.1  # MaskGIT's entropy loss; used by VQ only
-  c.dataset.image_size = 128
-  c.stage1.num_train_steps = 500_000  # ~100 epochs at batch 256
-  c.stage1.batch_size = 256
-  c.stage2.num_train_steps = 1_000_000  # ~200 epochs at batch 256
-  c.stage2.batch_size = 256
+  c, _ = config_lib.from_args(arg)  # the defaults are this figure's recipe
   return c
 
 

@@ -1,15 +1,14 @@
-"""Config defaults, "key=value" arguments, and the checks that run before any compilation.
+"""The config: its defaults, the "key=value" arguments of configs/*.py, and its checks.
 
 The defaults are the paper's Figure 3 recipe (MaskGIT's tokenizer and transformer at
-128 px); files under configs/ start from `base_config()` and override what differs.
+128 px). Files under configs/ start from `from_args(arg)` (the defaults with the quantizer
+the arguments name) and set only what differs. `validate` runs before any compilation and
+raises ValueError with one line that names the field and the fix.
 """
-
-import json
-import math
-import os
 
 import ml_collections
 
+from fsq_repro.models import cpu_conv, factory, perceptual
 from fsq_repro.quantizers import fsq as fsq_lib
 
 
@@ -29,7 +28,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.quantizer.levels = (8, 5, 5, 5)  # FSQ
   c.quantizer.variant = "paper"  # FSQ: "paper" or "atanh" (the PyTorch port)
   c.quantizer.eps = 1e-3
-  c.quantizer.codebook_size = 1024  # VQ; for FSQ it is prod(levels)
+  # VQ's number of codes. FSQ has prod(levels) codes and leaves this None (factory.codebook_size).
+  c.quantizer.codebook_size = ml_collections.FieldReference(None, field_type=int)
   c.quantizer.codebook_dim = 256  # VQ
   c.quantizer.commitment_cost = 0.25
   c.quantizer.entropy_loss_weight = 0.1
@@ -37,6 +37,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.quantizer.split_every_steps = 0  # VQ: UViM-style splitting of unused codes; 0 = off
 
   c.model = ml_collections.ConfigDict()  # Stage I networks
+  c.model.name = "maskgit_vqgan"  # factory.TOKENIZERS
   c.model.filters = 128
   c.model.channel_multipliers = (1, 1, 2, 2, 4)
   c.model.num_res_blocks = 2
@@ -45,6 +46,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.disc_max_filters = 512
   c.model.dtype = "float32"  # compute dtype; "bfloat16" for mixed precision
   c.model.remat = False  # recompute residual blocks in the backward pass: less memory
+  c.model.kernel_gradient = "auto"  # cpu_conv.KERNEL_GRADIENTS: "auto" (fast on CPU) or "xla"
 
   c.stage1 = ml_collections.ConfigDict()
   c.stage1.num_train_steps = 500_000  # ~100 epochs of ImageNet at batch 256
@@ -70,6 +72,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.stage1_workdir = ml_collections.FieldReference(None, field_type=str)
 
   c.stage2 = ml_collections.ConfigDict()  # MaskGIT transformer on frozen tokens
+  c.stage2.model = "maskgit_transformer"  # factory.TRANSFORMERS
   c.stage2.num_train_steps = 1_000_000  # ~200 epochs of ImageNet at batch 256
   c.stage2.batch_size = 256
   c.stage2.hidden_size = 768
@@ -138,12 +141,28 @@ def set_quantizer(config, kind: str, codebook_bits: int | None = None, levels=No
       q.levels = tuple(int(l) for l in levels)
     elif codebook_bits is not None:
       q.levels = fsq_lib.levels_for_codebook_size(2**codebook_bits)
-    q.codebook_size = math.prod(q.levels)
+    q.codebook_size = None  # prod(levels)
   elif kind == "vq":
-    if codebook_bits is not None:
-      q.codebook_size = 2**codebook_bits
+    q.codebook_size = 2**(10 if codebook_bits is None else codebook_bits)
   else:
     raise ValueError(f"quantizer={kind!r} is unknown; use quantizer=fsq or quantizer=vq")
+
+
+QUANTIZER_ARGS = {"quantizer": "fsq", "codebook_bits": 10, "levels": ""}
+
+
+def from_args(arg: str | None, **extra_args) -> tuple[ml_collections.ConfigDict, dict]:
+  """(the default config with the quantizer `arg` names, every parsed argument).
+
+  Arguments: quantizer=fsq|vq; codebook_bits=k (FSQ: App. A.4.1 levels for 2^k; VQ: 2^k
+  codes); levels=8-5-5-5 (explicit FSQ levels, overrides codebook_bits); and `extra_args`
+  {name: default} of the calling config file.
+  """
+  args = parse_args(arg, {**QUANTIZER_ARGS, **extra_args})
+  config = base_config()
+  levels = parse_levels(args["levels"]) if args["levels"] else None
+  set_quantizer(config, args["quantizer"], args["codebook_bits"], levels)
+  return config, args
 
 
 def parse_levels(text: str) -> tuple[int, ...]:
@@ -157,23 +176,32 @@ def parse_levels(text: str) -> tuple[int, ...]:
 def validate(config, *, num_devices: int, stage: str) -> None:
   """Raises ValueError with one line naming the field and the fix; runs before compilation."""
   q = config.quantizer
-  if q.kind not in ("fsq", "vq"):
-    raise ValueError(f"quantizer.kind={q.kind!r} is unknown; use 'fsq' or 'vq'")
+  if q.kind not in factory.QUANTIZERS:
+    raise ValueError(f"quantizer.kind={q.kind!r} is unknown; use one of "
+                     f"{sorted(factory.QUANTIZERS)}")
   if q.kind == "fsq":
-    fsq = fsq_lib.FSQ(q.levels, q.eps, q.variant)  # validates levels, eps and variant
-    if q.codebook_size != fsq.codebook_size:
-      raise ValueError(f"quantizer.codebook_size={q.codebook_size} does not match levels "
-                       f"{list(q.levels)} (product {fsq.codebook_size}); set "
-                       f"--config.quantizer.codebook_size={fsq.codebook_size} or change the levels")
-  elif q.codebook_size < 2 or q.codebook_dim < 1:
+    fsq_lib.FSQ(q.levels, q.eps, q.variant)  # validates levels, eps and variant
+    if q.codebook_size is not None:
+      raise ValueError(f"quantizer.codebook_size={q.codebook_size} is VQ's number of codes; "
+                       f"FSQ has prod(levels) = {factory.codebook_size(q)} codes: drop the "
+                       "override, or set --config.quantizer.levels")
+  elif q.codebook_size is None or q.codebook_size < 2 or q.codebook_dim < 1:
     raise ValueError(f"quantizer.codebook_size={q.codebook_size} and codebook_dim="
-                     f"{q.codebook_dim} must be >= 2 and >= 1")
-  if config.model.dtype not in ("float32", "bfloat16"):
-    raise ValueError(f"model.dtype={config.model.dtype!r} must be 'float32' or 'bfloat16'")
+                     f"{q.codebook_dim} must be >= 2 and >= 1 for VQ")
+  for field, registry in (("model.name", factory.TOKENIZERS),
+                          ("stage2.model", factory.TRANSFORMERS),
+                          ("model.dtype", factory.DTYPES), ("stage2.dtype", factory.DTYPES),
+                          ("model.kernel_gradient", cpu_conv.KERNEL_GRADIENTS)):
+    section, name = field.split(".")
+    if config[section][name] not in registry:
+      raise ValueError(f"{field}={config[section][name]!r} is unknown; use one of "
+                       f"{sorted(registry)}")
   size, factor = config.dataset.image_size, 2**(len(config.model.channel_multipliers) - 1)
   if size % factor:
     raise ValueError(f"dataset.image_size={size} must be divisible by the downsampling factor "
                      f"{factor} of model.channel_multipliers")
+  if stage == "stage1":  # a weight path that is given (config or environment) must exist
+    perceptual.find_perceptual_weights(config.stage1.perceptual_weights)
   stage_config = config[stage] if stage in config else None
   if stage_config is not None and "batch_size" in stage_config:
     batch = stage_config.batch_size
@@ -182,56 +210,3 @@ def validate(config, *, num_devices: int, stage: str) -> None:
                        f"devices; use a multiple of {num_devices}")
     if "num_train_steps" in stage_config and stage_config.num_train_steps < 1:
       raise ValueError(f"{stage}.num_train_steps={stage_config.num_train_steps} must be >= 1")
-
-
-# Fields a rerun may change without starting a different run: schedules, cadences, remat
-# (memory only), and everything that belongs to later stages.
-RESUMABLE_FIELDS = ("num_train_steps", "log_every_steps", "image_every_steps",
-                    "checkpoint_every_steps", "keep_checkpoints", "remat")
-LATER_STAGES = {"stage1": ("stage2", "sample", "eval", "stage1_workdir"),
-                "stage2": ("sample", "eval")}
-
-
-def changed_fields(saved: dict, config, stage: str) -> list[str]:
-  """Fields whose value differs between a saved run config and `config`, for `stage`."""
-  current = json.loads(config.to_json_best_effort())
-  ignored = set(LATER_STAGES.get(stage, ())) | {"mesh"}
-  ignored_paths = {"dataset.data_dir"}
-  changes = []
-
-  def walk(a, b, path):
-    if isinstance(a, dict) and isinstance(b, dict):
-      for key in sorted(set(a) | set(b)):
-        sub = f"{path}.{key}" if path else key
-        if not path and key in ignored:
-          continue
-        if key in RESUMABLE_FIELDS or sub in ignored_paths:
-          continue
-        walk(a.get(key), b.get(key), sub)
-    elif a != b:
-      changes.append(f"{path}: {a!r} -> {b!r}")
-
-  walk(saved, current, "")
-  return changes
-
-
-def check_same_run(directory: str, config, stage: str) -> None:
-  """Refuses to continue a run in `directory` that was started with a different config."""
-  path = os.path.join(directory, "config.json")
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    saved = json.load(f)["config"]
-  changes = changed_fields(saved, config, stage)
-  if changes:
-    raise ValueError(f"{directory} holds a {stage} run with a different config ("
-                     f"{'; '.join(changes[:3])}{' ...' if len(changes) > 3 else ''}); use a new "
-                     "--workdir, or pass --allow_config_change to continue it with this config")
-
-
-def write_run_config(directory: str, config, **extra) -> None:
-  os.makedirs(directory, exist_ok=True)
-  tmp = os.path.join(directory, "config.json.tmp")
-  with open(tmp, "w") as f:
-    json.dump({"config": json.loads(config.to_json_best_effort()), **extra}, f, indent=1)
-  os.replace(tmp, os.path.join(directory, "config.json"))

@@ -8,17 +8,18 @@ and an ADM .npz), eval (results.json). A finished stage is skipped on rerun; an 
 one resumes. Bad input ends with one "error: ..." line before anything is compiled.
 """
 
-import json
 import os
 import signal
 import sys
+import traceback
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from fsq_repro import config_lib
-from fsq_repro.train import checkpointing, distributed
+from fsq_repro import checkpoints, config_lib, parallel
+from fsq_repro import workdir as workdir_lib
+from fsq_repro.data import pipeline
 
 MODES = ("stage1", "stage2", "sample", "eval")
 
@@ -36,56 +37,17 @@ flags.mark_flags_as_required(["config", "mode", "workdir"])
 
 
 def preflight(config, mode: str, workdir: str) -> None:
-  """Every check that needs no compilation: config fields, dataset, earlier stages."""
-  from fsq_repro.data import pipeline
-  from fsq_repro.train import stage2
+  """Every check that needs no compilation: config fields, dataset, earlier stages, and that
+  this workdir's runs were made with this config."""
   config_lib.validate(config, num_devices=jax.device_count(), stage=mode)
   pipeline.num_examples(config.dataset.name, config.dataset.train_split,
                         data_dir=config.dataset.data_dir)
-  if mode in ("stage1", "stage2") and not FLAGS.allow_config_change:
-    config_lib.check_same_run(os.path.join(workdir, mode), config, mode)
-  if mode != "stage1":
-    stage2.check_stage1(config, workdir)
-  if mode in ("sample", "eval"):
-    directory = os.path.join(stage2.stage_dir(workdir), "checkpoints")
-    if not checkpointing.finished_steps(directory):
-      raise FileNotFoundError(f"no Stage II checkpoint in {directory}; run --mode=stage2 first")
+  workdir_lib.check_compatible(config, mode, workdir,
+                               allow_config_change=FLAGS.allow_config_change)
 
 
-def already_complete(config, mode: str, workdir: str) -> bool:
-  if mode in ("stage1", "stage2"):
-    steps = checkpointing.finished_steps(os.path.join(workdir, mode, "checkpoints"))
-    return bool(steps) and steps[-1] >= config[mode].num_train_steps
-  if mode == "eval":
-    path = os.path.join(workdir, "results.json")
-    if not os.path.exists(path):
-      return False
-    with open(path) as f:
-      results = json.load(f)
-    return (results.get("stage1_steps") == config.stage1.num_train_steps
-            and results.get("stage2_steps") == config.stage2.num_train_steps)
-  return False
-
-
-def main(argv):
-  del argv
-  # Preemption before the training loop (start-up, compilation, token extraction) also
-  # exits with the "rerun me" status; the loop installs its own handler that saves first.
-  signal.signal(signal.SIGTERM,
-                lambda *_: sys.exit(checkpointing.PREEMPTED_EXIT_CODE))
-  if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # orbax and TFDS log every file at INFO
-  distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  config, mode, workdir = FLAGS.config, FLAGS.mode, FLAGS.workdir
-  if already_complete(config, mode, workdir):
-    print(f"{mode}: already complete in {workdir}; nothing to do", flush=True)
-    return
-  try:
-    preflight(config, mode, workdir)
-  except (ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  logging.info("config:\n%s", config)
+def run_job(config, mode: str, workdir: str) -> None:
+  """Dispatches to the job of `mode`; the only place that imports a trainer."""
   if mode == "stage1":
     from fsq_repro.train import stage1
     stage1.train_and_evaluate(config, workdir)
@@ -100,11 +62,44 @@ def main(argv):
     evaluate.evaluate(config, workdir)
 
 
+def main(argv):
+  del argv
+  # Preemption before the training loop (start-up, compilation, token extraction) also
+  # exits with the "rerun me" status; the loop installs its own handler that saves first.
+  signal.signal(signal.SIGTERM, lambda *_: sys.exit(checkpoints.PREEMPTED_EXIT_CODE))
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # orbax and TFDS log every file at INFO
+  parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  config, mode, workdir = FLAGS.config, FLAGS.mode, FLAGS.workdir
+  try:
+    preflight(config, mode, workdir)
+  except (ValueError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  if workdir_lib.is_complete(config, mode, workdir):
+    print(f"{mode}: already complete in {workdir}; nothing to do", flush=True)
+    return
+  logging.info("config:\n%s", config)
+  run_job(config, mode, workdir)
+
+
+def _is_unknown_field(error: Exception) -> bool:
+  """Whether ml_collections raised `error` for a --config.* override of a missing field.
+
+  It does so from its config_path module; the same exception types raised while the config
+  file itself runs are bugs in that file, shown with their traceback.
+  """
+  where = os.path.join("config_flags", "config_path.py")
+  return any(frame.filename.endswith(where) for frame in traceback.extract_tb(error.__traceback__))
+
+
 def parse_flags(argv):
   """absl's flag parsing, except that an override of an unknown config field ends in one line."""
   try:
     return app.parse_flags_with_usage(argv)
   except (AttributeError, KeyError) as e:  # how ml_collections reports an unknown field
+    if not _is_unknown_field(e):
+      raise
     while isinstance(e, Exception) and e.args:  # ml_collections nests the message
       e = e.args[0]
     detail = " ".join(str(e).replace('"', "").replace("'", "").split())

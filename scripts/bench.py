@@ -29,7 +29,6 @@ also go to stderr as one JSON line as soon as they are measured.
 """
 
 import argparse
-import contextlib
 import functools
 import importlib.util
 import json
@@ -44,16 +43,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fsq_repro import sampling
+from fsq_repro import api, parallel
+from fsq_repro.data import tokens as tokens_lib
 from fsq_repro.eval import compression, features
-from fsq_repro.models import inception, perceptual, vqgan
-from fsq_repro.models import transformer as transformer_lib
-from fsq_repro.train import distributed, stage1, stage2
+from fsq_repro.models import factory, inception
+from fsq_repro.train import loop, stage1, stage2
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = ("demo", "tradeoff_128", "maskgit_256")
 PARTS = ("stage1", "stage2", "sampling", "eval", "state_memory")
-SAMPLING_STEPS = 12
+COMPRESSION_STEPS = 12  # M2T schedule groups
 CFG_ALPHA = 0.2
 
 
@@ -188,110 +187,92 @@ def train_step_report(step, state, args, *, batch_size: int, steps: int,
   return report
 
 
-@contextlib.contextmanager
-def xla_convolutions():
-  """The VQGAN's convolutions left wholly to XLA while a program is traced.
-
-  On CPU their kernel gradients run as a loop over the kernel taps, and XLA's cost analysis
-  counts a loop's body once: the FLOPs of the same model are counted with XLA's own form.
-  """
-  fast = vqgan.conv_general_dilated
-  vqgan.conv_general_dilated = jax.lax.conv_general_dilated
-  try:
-    yield
-  finally:
-    vqgan.conv_general_dilated = fast
+def compiled_train_step(setup, abstract, shardings, mesh, args):
+  return loop.make_train_step(setup.train_step, shardings, mesh).lower(abstract, *args).compile()
 
 
 def bench_stage1(config, mesh, steps: int) -> dict:
-  ae, disc, optimizer, _, abstract, shardings = stage1.abstract_train_state(config, mesh)
-  lpips_path = perceptual.find_perceptual_weights(config.stage1.perceptual_weights)
-  lpips_params = perceptual.load_lpips_params(lpips_path) if lpips_path else {}
-  loss_config = stage1.LossConfig.from_config(config, perceptual_on=bool(lpips_path))
-
-  def make_step():  # a new jit, so that it traces again
-    return jax.jit(
-        functools.partial(stage1.train_step, autoencoder=ae, discriminator=disc,
-                          lpips=perceptual.LPIPS(), optimizer=optimizer,
-                          loss_config=loss_config),
-        out_shardings=(shardings, distributed.replicated(mesh)), donate_argnums=0)
-
+  setup = stage1.setup(config)
+  abstract, shardings = parallel.abstract_state(setup.init, setup.init_rng, mesh, config.mesh)
   b, size = config.stage1.batch_size, config.dataset.image_size
   images = np.random.default_rng(1).random((b, size, size, 3), np.float32)
-  batch = distributed.global_batch({"image": images}, mesh)
-  args = (batch, lpips_params, jax.random.key(1))
+  batch = parallel.global_batch({"image": images}, mesh)
+  args = (batch, jax.random.key(1), setup.frozen)
 
   def count_flops():
-    with xla_convolutions():
-      compiled = make_step().lower(abstract, *args).compile()
+    # XLA's cost analysis counts a loop's body once, and on CPU the kernel gradients run as
+    # a loop over the kernel taps: the same model's FLOPs are counted with XLA's own form.
+    xla = config.copy_and_resolve_references()
+    xla.model.kernel_gradient = "xla"
+    compiled = compiled_train_step(stage1.setup(xla), abstract, shardings, mesh, args)
     return compiled_summary(compiled)["flops_per_step_per_device"]
 
-  report = train_step_report(make_step(), synthetic_state(abstract), args, batch_size=b,
-                             steps=steps, count_flops=count_flops)
-  return {"image_size": size, "perceptual_loss": bool(lpips_path), **report}
+  report = train_step_report(loop.make_train_step(setup.train_step, shardings, mesh),
+                             synthetic_state(abstract), args, batch_size=b, steps=steps,
+                             count_flops=count_flops)
+  return {"image_size": size, "perceptual_loss": bool(setup.frozen), **report}
 
 
-def random_tokens(config, layout, batch_size: int, seed: int):
+def token_layout(config):
+  """The vocabulary of the config's dataset, without reading the dataset: ImageNet's 1000
+  classes for the paper configs, the embedded dataset's 8 for the demo."""
+  return factory.token_layout(config, 8 if config.dataset.name == "fsq_photo_crops" else 1000)
+
+
+def random_token_batches(config, layout, batch_size: int, seed: int) -> tokens_lib.TokenBatches:
   rng = np.random.default_rng(seed)
-  tokens = rng.integers(0, layout.codebook_size, (batch_size, stage2.tokens_per_image(config)))
+  tokens = rng.integers(0, layout.codebook_size, (batch_size, factory.tokens_per_image(config)))
   labels = rng.integers(0, layout.num_classes, (batch_size,))
-  return tokens.astype(np.int32), labels.astype(np.int32)
+  return tokens_lib.TokenBatches(tokens.astype(np.int32), labels.astype(np.int32),
+                                 global_batch_size=batch_size, seed=seed)
+
+
+def stage2_setup(config, seed: int = 2):
+  layout = token_layout(config)
+  batches = random_token_batches(config, layout, config.stage2.batch_size, seed)
+  return stage2.setup(config, layout, batches), batches
 
 
 def bench_stage2(config, mesh, steps: int) -> dict:
-  layout = stage2.token_layout(config)
-  model, optimizer, _, abstract, shardings = stage2.abstract_train_state(config, layout, mesh)
-  step = jax.jit(functools.partial(stage2.train_step, model=model, layout=layout,
-                                   optimizer=optimizer, s=config.stage2),
-                 out_shardings=(shardings, distributed.replicated(mesh)), donate_argnums=0)
-  b = config.stage2.batch_size
-  tokens, labels = random_tokens(config, layout, b, seed=2)
-  batch = distributed.global_batch({"tokens": tokens, "label": labels}, mesh)
-  report = train_step_report(step, synthetic_state(abstract), (batch, jax.random.key(2)),
-                             batch_size=b, steps=steps)
-  return {"tokens_per_image": stage2.tokens_per_image(config), **report}
+  setup, batches = stage2_setup(config)
+  abstract, shardings = parallel.abstract_state(setup.init, setup.init_rng, mesh, config.mesh)
+  batch = parallel.global_batch(batches.batch(0), mesh)
+  report = train_step_report(loop.make_train_step(setup.train_step, shardings, mesh),
+                             synthetic_state(abstract), (batch, jax.random.key(2), ()),
+                             batch_size=config.stage2.batch_size, steps=steps)
+  return {"tokens_per_image": factory.tokens_per_image(config), **report}
 
 
-def frozen_models(config, mesh):
-  """Synthetic Stage I tokenizer variables and Stage II parameters, and the modules."""
-  ae, *_, stage1_abstract, _ = stage1.abstract_train_state(config, mesh)
-  stage1_state = synthetic_state(stage1_abstract)
-  layout = stage2.token_layout(config)
-  model, _, _, stage2_abstract, _ = stage2.abstract_train_state(config, layout, mesh)
-  params = synthetic_state(stage2_abstract.params)
-  ae_variables = {"params": stage1_state.ema_params, **stage1_state.quantizer_state}
-  return ae, ae_variables, model, params, layout
+def synthetic_generator(config, mesh) -> api.Generator:
+  """A Generator (and its Tokenizer) of the config's networks with synthetic weights."""
+  tokenizer_model = factory.build_tokenizer(config)
+  size = config.dataset.image_size
+  variables = jax.eval_shape(functools.partial(tokenizer_model.init, train=False),
+                             jax.random.key(0), jnp.zeros((1, size, size, 3), jnp.float32))
+  tokenizer = api.Tokenizer(config, tokenizer_model, synthetic_state(variables))
+  layout = token_layout(config)
+  model = factory.build_transformer(config, layout)
+  ids = jnp.zeros((1, factory.tokens_per_image(config) + 1), jnp.int32)
+  params = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), ids)
+  return api.Generator(config, tokenizer, model, synthetic_state(params["params"]), layout,
+                       mesh)
 
 
 def bench_sampling(config, mesh, calls: int) -> dict:
-  ae, ae_variables, model, params, layout = frozen_models(config, mesh)
-  side = int(math.isqrt(stage2.tokens_per_image(config)))
+  generator = synthetic_generator(config, mesh)
   b = config.sample.batch_size
-
-  def sample_images(params, ae_variables, labels, rng, cfg_alpha):
-    logits_fn = functools.partial(model.apply, {"params": params}, train=False)
-    tokens = sampling.sample_tokens(logits_fn, rng, labels, num_tokens=side * side,
-                                    layout=layout, num_steps=SAMPLING_STEPS,
-                                    cfg_alpha=cfg_alpha)
-    return ae.apply(ae_variables, tokens.reshape(-1, side, side), method="decode_indices")
-
-  labels = distributed.global_batch(
-      {"label": np.arange(b, dtype=np.int32) % layout.num_classes}, mesh)["label"]
-  report = {"batch_size": b, "steps": SAMPLING_STEPS}
-  for name, alpha in (("no_cfg", 0.0), ("cfg", jnp.float32(CFG_ALPHA))):
-    # A Python 0.0 skips the unconditional pass; a traced alpha runs both passes.
-    fn = jax.jit(functools.partial(sample_images, cfg_alpha=alpha) if name == "no_cfg"
-                 else sample_images)
-    args = (params, ae_variables, labels, jax.random.key(3)) + (() if name == "no_cfg"
-                                                                 else (alpha,))
-    seconds = time_calls(fn, args, calls)
+  labels = np.arange(b, dtype=np.int32) % generator.layout.num_classes
+  report = {"batch_size": b, "steps": config.sample.num_steps}
+  # cfg 0 runs one transformer pass per decoding step, cfg > 0 two.
+  for name, cfg in (("no_cfg", 0.0), ("cfg", CFG_ALPHA)):
+    seconds = time_calls(lambda: generator.sample(labels, cfg, seed=3), (), calls)
     report[f"{name}_images_per_s"] = b / seconds
   return report
 
 
 def bench_eval(config, mesh, calls: int) -> dict:
   b, size = config.eval.batch_size, config.dataset.image_size
-  images = distributed.global_batch(
+  images = parallel.global_batch(
       {"image": np.random.default_rng(4).random((b, size, size, 3), np.float32)},
       mesh)["image"]
   network = inception.InceptionV3()
@@ -304,36 +285,32 @@ def bench_eval(config, mesh, calls: int) -> dict:
             "fid_features_images_per_s": b / time_calls(
                 fid_features, (inception_params, images), calls)}
 
-  _, _, model, params, layout = frozen_models(config, mesh)
-  side = int(math.isqrt(stage2.tokens_per_image(config)))
-  groups = compression.group_schedule(side, side, SAMPLING_STEPS)
-  tokens, labels = random_tokens(config, layout, b, seed=5)
-  batch = distributed.global_batch({"tokens": tokens, "label": labels}, mesh)
+  generator = synthetic_generator(config, mesh)
+  height, width = generator.grid
+  groups = compression.group_schedule(height, width, COMPRESSION_STEPS)
+  batch = random_token_batches(config, generator.layout, b, seed=5).batch(0)
 
-  def cost_bits(params, tokens, labels):
-    logits_fn = lambda ids, y: transformer_lib.image_logits(
-        model.apply({"params": params}, layout.build_input(ids, y), train=False), layout)
-    return compression.compression_cost_bits(logits_fn, tokens, labels, groups,
-                                             num_steps=SAMPLING_STEPS, mask_id=layout.mask_id)
+  def cost_bits():  # as evaluation runs it: one jitted transformer call per group
+    return compression.compression_cost_bits(generator.logits, batch["tokens"], batch["label"],
+                                             groups, num_steps=COMPRESSION_STEPS,
+                                             mask_id=generator.mask_id)
 
-  seconds = time_calls(jax.jit(cost_bits), (params, batch["tokens"], batch["label"]), calls)
-  report["compression_cost_images_per_s"] = b / seconds
+  report["compression_cost_images_per_s"] = b / time_calls(cost_bits, (), calls)
   return report
 
 
 def bench_state_memory(config, num_devices: int) -> dict:
   """Train-state bytes per device on `num_devices` devices, replicated and with FSDP."""
-  mesh = jax.sharding.AbstractMesh((num_devices,), (distributed.DATA_AXIS,),
+  mesh = jax.sharding.AbstractMesh((num_devices,), (parallel.DATA_AXIS,),
                                    axis_types=(jax.sharding.AxisType.Auto,))
   report = {"devices": num_devices, "fsdp_min_size": config.mesh.fsdp_min_size}
   for fsdp in (False, True):
     config = config.copy_and_resolve_references()
     config.mesh.fsdp = fsdp
-    abstract1 = stage1.abstract_train_state(config, mesh)[4]
-    abstract2 = stage2.abstract_train_state(config, stage2.token_layout(config), mesh)[3]
     name = "fsdp" if fsdp else "replicated"
-    report[f"stage1_{name}_bytes_per_device"] = distributed.abstract_bytes_per_device(abstract1)
-    report[f"stage2_{name}_bytes_per_device"] = distributed.abstract_bytes_per_device(abstract2)
+    for stage, setup in (("stage1", stage1.setup(config)), ("stage2", stage2_setup(config)[0])):
+      abstract, _ = parallel.abstract_state(setup.init, setup.init_rng, mesh, config.mesh)
+      report[f"{stage}_{name}_bytes_per_device"] = parallel.abstract_bytes_per_device(abstract)
   for stage in ("stage1", "stage2"):
     report[f"{stage}_fsdp_fraction"] = (report[f"{stage}_fsdp_bytes_per_device"]
                                         / report[f"{stage}_replicated_bytes_per_device"])
@@ -406,7 +383,7 @@ def main():
 
   dtype = jnp.dtype(args.dtype)
   size = args.matmul_size or (2048 if jax.default_backend() == "cpu" else 8192)
-  mesh = distributed.make_mesh()
+  mesh = parallel.make_mesh()
   first_peak = matmul_peak(dtype, size)
   results = {"backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
              "device_count": jax.device_count(), "host": host_description(),

@@ -1,6 +1,7 @@
 """Chaos check: kill -9 or SIGTERM the demo runs at random moments; reruns must match bitwise.
 
-  python scripts/chaos.py --trials 5 [--workdir /tmp/fsq_chaos] [--seed 0] [--scenarios ...]
+  python scripts/chaos.py --trials 5 [--workdir /tmp/fsq_chaos] [--seed 0] [--scenarios ...] \
+      [--set FIELD=VALUE ...]
 
 Runs configs/demo.py (quantizer=fsq,codebook_bits=6) with shortened schedules (SHORT): once
 uninterrupted as the reference (compiling), once more uninterrupted and warm to time its
@@ -38,6 +39,11 @@ sys.path.insert(0, ROOT)
 os.environ["JAX_PLATFORMS"] = "cpu"  # the runs and this process: bitwise checks are on the CPU
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from fsq_repro import checkpoints
+from fsq_repro import workdir as workdir_lib
+from fsq_repro.data import tokens as tokens_lib
+
 CONFIG = "--config=configs/demo.py:quantizer=fsq,codebook_bits=6"
 SHORT = {"stage1.num_train_steps": 24, "stage1.checkpoint_every_steps": 6,
          "stage1.log_every_steps": 1, "stage1.image_every_steps": 12,
@@ -52,14 +58,19 @@ SCENARIOS = ("stage1-kill9", "stage1-sigterm", "extraction-kill9", "stage2-kill9
 
 
 class Run:
-  """One CLI process, its log file and start time."""
+  """One CLI process (`program`, default `-m fsq_repro.main`), its log file and start time.
 
-  def __init__(self, mode, workdir, env, extra=()):
+  It runs `mode` of `config` with the `overrides` {field: value} and the `extra` flags.
+  """
+
+  def __init__(self, mode, workdir, env, extra=(), *, config=CONFIG, overrides=None,
+               program=("-m", "fsq_repro.main")):
     os.makedirs(workdir, exist_ok=True)
     self.mode, self.workdir = mode, workdir
     self.log = os.path.join(workdir, f"{mode}-{len(os.listdir(workdir))}.log")
-    args = [sys.executable, "-m", "fsq_repro.main", f"--mode={mode}", CONFIG,
-            f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in SHORT.items()]
+    overrides = SHORT if overrides is None else overrides
+    args = [sys.executable, *program, f"--mode={mode}", config,
+            f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in overrides.items()]
     with open(self.log, "w") as out:
       self.process = subprocess.Popen(args + list(extra), cwd=ROOT, env=env, stdout=out,
                                       stderr=subprocess.STDOUT)
@@ -83,22 +94,15 @@ class Run:
 
 
 def checkpoint_steps(workdir, mode) -> list[int]:
-  from fsq_repro.train import checkpointing  # pylint: disable=g-import-not-at-top
-  return checkpointing.finished_steps(os.path.join(workdir, mode, "checkpoints"))
-
-
-def token_dir(workdir) -> str:
-  return os.path.join(workdir, "stage2", "tokens")
+  return checkpoints.finished_steps(workdir_lib.checkpoint_dir(workdir, mode))
 
 
 def first_shard_written(workdir) -> bool:
-  from fsq_repro.data import tokens  # pylint: disable=g-import-not-at-top
-  return os.path.exists(tokens.shard_path(token_dir(workdir), 0, 0))
+  return os.path.exists(tokens_lib.shard_path(workdir_lib.token_dir(workdir), 0, 0))
 
 
 def tokens_complete(workdir) -> bool:
-  from fsq_repro.data import tokens  # pylint: disable=g-import-not-at-top
-  return tokens.is_complete(token_dir(workdir))
+  return tokens_lib.is_complete(workdir_lib.token_dir(workdir))
 
 
 def timed_run(mode, workdir, env, extra=(), events=None) -> dict:
@@ -116,24 +120,34 @@ def timed_run(mode, workdir, env, extra=(), events=None) -> dict:
 
 
 def final_arrays(workdir, mode) -> dict:
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  path = os.path.join(workdir, mode, "checkpoints", str(STEPS[mode]), "default")
-  with ocp.StandardCheckpointer() as checkpointer:
-    tree = checkpointer.restore(path)
-  return {k: np.asarray(v) for k, v in ocp.tree.to_flat_dict(tree).items()}
+  """{"g_params/encoder/...": numpy array} of the newest checkpoint of `mode` in `workdir`."""
+  flat = {}
+
+  def walk(tree, path):
+    if isinstance(tree, (dict, list, tuple)):
+      items = tree.items() if isinstance(tree, dict) else enumerate(tree)
+      for key, value in items:
+        walk(value, path + (str(key),))
+    else:
+      flat["/".join(path)] = np.asarray(tree)
+
+  walk(checkpoints.restore_latest(workdir_lib.checkpoint_dir(workdir, mode)), ())
+  return flat
 
 
 def differences(reference, workdir, mode) -> str | None:
-  """None when the final checkpoint (and Stage II's tokens) equal the reference's bitwise."""
+  """None when the final checkpoints (and Stage II's tokens) are equal bitwise."""
   expected, got = final_arrays(reference, mode), final_arrays(workdir, mode)
   if sorted(expected) != sorted(got):
     return "different checkpoint structure"
+  if int(expected["step"]) != int(got["step"]):
+    return f"final steps differ ({int(expected['step'])} and {int(got['step'])})"
   unequal = [k for k in expected if not np.array_equal(expected[k], got[k])]
   if unequal:
-    return f"{len(unequal)} arrays differ, e.g. {'/'.join(unequal[0])}"
+    return f"{len(unequal)} arrays differ, e.g. {unequal[0]}"
   if mode == "stage2":
-    from fsq_repro.data import tokens  # pylint: disable=g-import-not-at-top
-    for a, b in zip(tokens.load_all(token_dir(reference)), tokens.load_all(token_dir(workdir))):
+    for a, b in zip(tokens_lib.load_all(workdir_lib.token_dir(reference)),
+                    tokens_lib.load_all(workdir_lib.token_dir(workdir))):
       if not np.array_equal(a, b):
         return "extracted tokens differ"
   return None
@@ -170,15 +184,14 @@ def interrupt_and_rerun(mode, workdir, env, extra, *, moment, sig, too_late) -> 
   resume_step = steps[-1] if steps else 0
   note = f"{signal.Signals(sig).name} at {sent:.1f} s"
   if mode == "stage2" and not tokens_complete(workdir):
-    note += f" with {len(glob.glob(os.path.join(token_dir(workdir), '*-?????.npz')))} token shards"
+    note += f" with {len(glob.glob(os.path.join(workdir_lib.token_dir(workdir), '*-?????.npz')))} token shards"
   if sig == signal.SIGKILL:
     assert rc == -signal.SIGKILL, f"{note}: exit {rc}, not killed"
   else:
-    from fsq_repro.train import checkpointing  # pylint: disable=g-import-not-at-top
-    if rc != checkpointing.PREEMPTED_EXIT_CODE and logged >= STEPS[mode] - 1:
+    if rc != checkpoints.PREEMPTED_EXIT_CODE and logged >= STEPS[mode] - 1:
       raise Late  # the signal reached the last step, which finishes instead
     said = f"preempted (SIGTERM); saved step {resume_step};"
-    assert rc == checkpointing.PREEMPTED_EXIT_CODE and said in run.output(), \
+    assert rc == checkpoints.PREEMPTED_EXIT_CODE and said in run.output(), \
         f"{note} after step {logged}: exit {rc}; expected 75 and '{said}'; see {run.log}"
     assert took <= SIGTERM_BOUND_S, f"{note}: exit 75 only after {took:.1f} s"
     note += f" after step {logged}: exit 75 within {took:.1f} s"
@@ -263,9 +276,19 @@ def main():
                       help="new, or one that an earlier chaos.py run made (it is emptied)")
   parser.add_argument("--seed", type=int, default=0, help="seeds the interruption moments")
   parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=SCENARIOS)
+  parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                      help="a config override for every run, added to SHORT (e.g. smaller "
+                      "models: --set model.filters=8)")
   args = parser.parse_args()
   if args.trials < 1:
     parser.error(f"--trials={args.trials} must be >= 1")
+  for item in args.set:
+    field, sep, value = item.partition("=")
+    if not sep:
+      parser.error(f"--set={item} must be FIELD=VALUE, e.g. --set model.filters=8")
+    SHORT[field] = value
+  STEPS.update(stage1=int(SHORT["stage1.num_train_steps"]),
+               stage2=int(SHORT["stage2.num_train_steps"]))
   began = time.time()
   marker = os.path.join(args.workdir, MARKER)
   if os.path.exists(args.workdir) and os.listdir(args.workdir) and not os.path.exists(marker):

@@ -24,7 +24,8 @@ import sys
 import time
 from typing import Callable, NamedTuple
 
-from fsq_repro.train.checkpointing import PREEMPTED_EXIT_CODE
+from fsq_repro import files
+from fsq_repro.checkpoints import PREEMPTED_EXIT_CODE
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGES = ("stage1", "stage2", "eval")
@@ -103,11 +104,8 @@ def write_manifest(root: str, runs, config_file: str, overrides) -> str:
                        "workdir": os.path.join(root, run["name"]), "config": config_file,
                        "overrides": list(overrides)} for run in runs}
   merged = [new.pop(entry["name"], entry) for entry in listed] + list(new.values())
-  os.makedirs(root, exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
+  with files.atomic_write(path) as f:
     json.dump({"runs": merged}, f, indent=1)
-  os.replace(tmp, path)
   return path
 
 

@@ -1,8 +1,8 @@
 """The offline feature network (training, cache) and the feature-network interface.
 
-One short training run (TEST_STEPS instead of the recipe's DEFAULT_STEPS) in a
-temporary cache serves every test; the embedded dataset is prepared in a
-temporary data dir.
+The interface and the cache are tested with a randomly initialised classifier (fast); one
+short training run (TEST_STEPS instead of the recipe's DEFAULT_STEPS) in a temporary cache
+serves the slow tests of training and of FID's response to degradation.
 """
 
 import json
@@ -12,16 +12,18 @@ import re
 import subprocess
 import sys
 
+import flax
 import jax
 import numpy as np
 import pytest
 from scipy import ndimage
 
+from fsq_repro import files
 from fsq_repro.data import pipeline
 from fsq_repro.eval import features
 from fsq_repro.eval import fid
 from fsq_repro.models import inception
-from fsq_repro.models import offline_features
+from fsq_repro.eval import offline_network
 from fsq_repro.models import weights
 
 TEST_STEPS = 100  # ~73% validation accuracy; the 400-step recipe reaches ~94%.
@@ -42,12 +44,24 @@ def cache_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def classifier(data_dir, cache_dir):
-  return offline_features.load_or_train(cache_dir, steps=TEST_STEPS, data_dir=data_dir)
+  """The offline network trained for TEST_STEPS steps (slow tests only)."""
+  return offline_network.load_or_train(cache_dir, steps=TEST_STEPS, data_dir=data_dir)
 
 
 @pytest.fixture(scope="module")
 def network(classifier):
   return features.offline_network(classifier)
+
+
+@pytest.fixture(scope="module")
+def untrained():
+  """A randomly initialised OfflineClassifier: for tests of the interface, not of training."""
+  model = offline_network.OfflineClassifier(8)
+  params = jax.jit(model.init)(jax.random.key(0, impl="rbg"),
+                              np.zeros((1, 32, 32, 3), np.float32))["params"]
+  record = dict(dataset_name=DATASET, steps=0, seed=0, image_size=32, validation_examples=0)
+  return offline_network.TrainedClassifier("untrained_cnn", jax.device_get(params), 8, 0.0,
+                                           record, "", trained_now=False)
 
 
 def _images_and_labels(data_dir, split):
@@ -65,14 +79,18 @@ def _batches(images, batch_size=256):
 # ---------------------------------------------------------------- training and the cache
 
 
+@pytest.mark.slow  # trains the network
 def test_short_training_beats_chance_and_records_its_accuracy(classifier, data_dir):
   assert classifier.trained_now
   assert classifier.name == f"offline_cnn_v1_fsq_photo_crops_32px_steps{TEST_STEPS}_seed0"
   assert classifier.validation_accuracy > 0.6  # Chance is 1/8.
-  accuracy, count = offline_features.classification_accuracy(classifier.params,
-                                                             data_dir=data_dir)
-  assert count == 1024
-  assert accuracy == pytest.approx(classifier.validation_accuracy)
+  # Counted here from the predictions on the validation crops, not by the recorder.
+  images, labels = _images_and_labels(data_dir, "validation")
+  logits = offline_network.OfflineClassifier(8).apply({"params": classifier.params},
+                                                     images)["logits"]
+  accuracy = float(np.mean(np.argmax(np.asarray(logits), axis=-1) == labels))
+  assert len(labels) == classifier.record["validation_examples"] == 1024
+  assert accuracy == pytest.approx(classifier.validation_accuracy, abs=1e-6)
   with open(os.path.splitext(classifier.path)[0] + ".json") as f:
     record = json.load(f)
   assert record["validation_accuracy"] == pytest.approx(accuracy)
@@ -80,17 +98,18 @@ def test_short_training_beats_chance_and_records_its_accuracy(classifier, data_d
   assert f"validation accuracy {accuracy:.4f}" in classifier.source
 
 
-def test_classifier_outputs_for_32px_and_other_sizes(classifier):
-  model = offline_features.OfflineClassifier(8)
+def test_classifier_outputs_for_32px_and_other_sizes(untrained):
+  model = offline_network.OfflineClassifier(8)
   for size, spatial in ((32, 2 * 2 * 64), (48, 3 * 3 * 64)):
-    outputs = model.apply({"params": classifier.params}, np.zeros((2, size, size, 3), np.float32))
+    outputs = model.apply({"params": untrained.params}, np.zeros((2, size, size, 3), np.float32))
     assert {k: v.shape for k, v in outputs.items()} == {
         "pool": (2, 128), "spatial": (2, spatial), "logits": (2, 8)}
 
 
+@pytest.mark.slow  # trains the network
 def test_second_call_reuses_the_cache(classifier, cache_dir, data_dir):
   modified = os.path.getmtime(classifier.path)
-  again = offline_features.load_or_train(cache_dir, steps=TEST_STEPS, data_dir=data_dir)
+  again = offline_network.load_or_train(cache_dir, steps=TEST_STEPS, data_dir=data_dir)
   assert not again.trained_now
   assert os.path.getmtime(classifier.path) == modified
   assert again.validation_accuracy == classifier.validation_accuracy
@@ -100,22 +119,22 @@ def test_second_call_reuses_the_cache(classifier, cache_dir, data_dir):
 
 
 @pytest.fixture
-def trainings(classifier, monkeypatch):
+def trainings(untrained, monkeypatch):
   """Replaces training by a recorder: for tests of the cache, not of the training."""
   calls = []
 
   def fake_training(**kwargs):
     calls.append(kwargs)
-    return classifier.params
+    return untrained.params
 
-  monkeypatch.setattr(offline_features, "train_offline_classifier", fake_training)
-  monkeypatch.setattr(offline_features, "classification_accuracy", lambda *a, **k: (0.5, 1024))
+  monkeypatch.setattr(offline_network, "train_offline_classifier", fake_training)
+  monkeypatch.setattr(offline_network, "classification_accuracy", lambda *a, **k: (0.5, 1024))
   return calls
 
 
 def test_cache_dir_defaults_to_the_environment(tmp_path, monkeypatch, data_dir, trainings):
-  monkeypatch.setenv(offline_features.CACHE_ENV_VAR, str(tmp_path))
-  trained = offline_features.load_or_train(steps=2, data_dir=data_dir)
+  monkeypatch.setenv(files.CACHE_ENV_VAR, str(tmp_path))
+  trained = offline_network.load_or_train(steps=2, data_dir=data_dir)
   assert trained.path.startswith(str(tmp_path)) and os.path.isfile(trained.path)
   assert trainings == [dict(dataset_name=DATASET, image_size=32, steps=2, seed=0,
                             data_dir=data_dir)]
@@ -124,7 +143,7 @@ def test_cache_dir_defaults_to_the_environment(tmp_path, monkeypatch, data_dir, 
 def test_unusable_cache_entries_are_retrained(tmp_path, data_dir, trainings, caplog):
   caplog.set_level(logging.WARNING)
   kwargs = dict(steps=2, data_dir=data_dir)
-  first = offline_features.load_or_train(str(tmp_path), **kwargs)
+  first = offline_network.load_or_train(str(tmp_path), **kwargs)
   record_path = os.path.splitext(first.path)[0] + ".json"
   assert first.trained_now and len(trainings) == 1
 
@@ -156,35 +175,36 @@ def test_unusable_cache_entries_are_retrained(tmp_path, data_dir, trainings, cap
     spoil()
     caplog.clear()
     count = len(trainings)
-    again = offline_features.load_or_train(str(tmp_path), **kwargs)
+    again = offline_network.load_or_train(str(tmp_path), **kwargs)
     assert again.trained_now and len(trainings) == count + 1, spoil.__name__
     assert any("unusable" in r.message and re.search(reason, r.message)
                for r in caplog.records), (spoil.__name__, caplog.text)
-    reloaded = offline_features.load_or_train(str(tmp_path), **kwargs)
+    reloaded = offline_network.load_or_train(str(tmp_path), **kwargs)
     assert not reloaded.trained_now and len(trainings) == count + 1
     assert reloaded.validation_accuracy == 0.5
 
 
 def test_bad_recipe_is_rejected_in_one_line(tmp_path):
   with pytest.raises(ValueError, match="steps=0 must be a positive int"):
-    offline_features.load_or_train(str(tmp_path), steps=0)
+    offline_network.load_or_train(str(tmp_path), steps=0)
   with pytest.raises(ValueError, match="seed=-1"):
-    offline_features.train_offline_classifier(seed=-1)
+    offline_network.train_offline_classifier(seed=-1)
 
 
 # ----------------------------------------------------------------- choosing the network
 
 
-def test_auto_falls_back_to_the_offline_network(monkeypatch, cache_dir, data_dir, classifier,
+def test_auto_falls_back_to_the_offline_network(monkeypatch, tmp_path, data_dir, trainings,
                                                 caplog):
   monkeypatch.delenv(inception.WEIGHTS_ENV_VAR, raising=False)
-  caplog.set_level(logging.INFO)
-  network = features.get_feature_network("auto", cache_dir=cache_dir, data_dir=data_dir,
+  caplog.set_level(logging.INFO, logger="absl")
+  network = features.get_feature_network("auto", cache_dir=str(tmp_path), data_dir=data_dir,
                                          offline_steps=TEST_STEPS)
-  assert network.name == classifier.name != inception.NETWORK_NAME
-  assert network.name.startswith(offline_features.ARCHITECTURE)
+  name = f"offline_cnn_v1_fsq_photo_crops_32px_steps{TEST_STEPS}_seed0"
+  assert network.name == name and len(trainings) == 1
+  assert network.name.startswith(offline_network.ARCHITECTURE)
   lines = [r.message for r in caplog.records if r.message.startswith("FID features:")]
-  assert len(lines) == 1 and classifier.name in lines[0] and "\n" not in lines[0]
+  assert len(lines) == 1 and name in lines[0] and "\n" not in lines[0]
 
 
 def test_inception_without_weights_says_how_to_get_them(monkeypatch):
@@ -200,9 +220,9 @@ def test_unknown_kind_is_rejected():
 
 
 def test_auto_prefers_inception_when_its_weights_exist(tmp_path, monkeypatch):
-  params = {}
-  for path, shape in inception.expected_param_shapes().items():
-    inception._set(params, path, np.zeros(shape, np.float32))  # pylint: disable=protected-access
+  params = flax.traverse_util.unflatten_dict(
+      {tuple(path.split("/")): np.zeros(shape, np.float32)
+       for path, shape in inception.expected_param_shapes().items()})
   weights_path = str(tmp_path / "inception.msgpack")
   inception.save_inception_params(weights_path, params, source="zeros for a test")
   monkeypatch.setenv(inception.WEIGHTS_ENV_VAR, weights_path)
@@ -220,7 +240,8 @@ def test_images_are_rounded_to_uint8_levels():
   np.testing.assert_array_equal(features.to_uint8_levels(images), [0, 0, 0, 1, 128, 255, 255])
 
 
-def test_compute_statistics_drops_masked_rows(network, data_dir):
+def test_compute_statistics_drops_masked_rows(untrained, data_dir):
+  network = features.offline_network(untrained)
   images = _images_and_labels(data_dir, "validation")[0][:300]
   rng = np.random.default_rng(0)
   masks = rng.random(len(images)) < 0.7
@@ -239,6 +260,7 @@ def test_compute_statistics_drops_masked_rows(network, data_dir):
 
 
 # Dead ReLU units make some covariances singular; sqrtm warns and is still exact.
+@pytest.mark.slow  # trains the network
 @pytest.mark.filterwarnings("ignore:Matrix is singular")
 def test_fid_reacts_to_degradation(network, data_dir):
   train, _ = _images_and_labels(data_dir, "train[:25%]")  # 1024 images, all classes.
@@ -252,7 +274,8 @@ def test_fid_reacts_to_degradation(network, data_dir):
                                 ("blurred", blurred), ("heavy", heavy))}
 
   def distance(a, b, which):
-    return features.fid_from_stats(stats[a][which], stats[b][which])
+    return fid.frechet_distance(*stats[a][which].mean_and_covariance(),
+                                *stats[b][which].mean_and_covariance())
 
   for which in (0, 1):  # pool, spatial
     assert distance("validation", "validation", which) == pytest.approx(0, abs=1e-6)
@@ -270,12 +293,12 @@ jax.config.update("jax_num_cpu_devices", 4)
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 from fsq_repro.eval import features
-from fsq_repro.models import offline_features
+from fsq_repro.eval import offline_network
 
-model = offline_features.OfflineClassifier(8)
+model = offline_network.OfflineClassifier(8)
 params = model.init(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32))["params"]
 record = dict(dataset_name="none", steps=0, seed=0, image_size=32, validation_examples=0)
-classifier = offline_features.TrainedClassifier("untrained_cnn", params, 8, 0.0, record, "",
+classifier = offline_network.TrainedClassifier("untrained_cnn", params, 8, 0.0, record, "",
                                                 trained_now=False)
 network = features.offline_network(classifier)
 mesh = jax.make_mesh((4,), ("data",), axis_types=(jax.sharding.AxisType.Explicit,))

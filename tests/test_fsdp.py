@@ -21,44 +21,51 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from fsq_repro.models import transformer, vqgan
+from fsq_repro.models import cpu_conv, transformer, vqgan
 from fsq_repro.quantizers import FiniteScalarQuantizer
-from fsq_repro.train import distributed
+from fsq_repro import parallel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 EIGHT_DEVICE_RUN = textwrap.dedent("""
-    import functools, sys
+    import sys
     import jax
     jax.config.update("jax_num_cpu_devices", 8)
     sys.path[:0] = [sys.argv[2], sys.argv[2] + "/tests"]
     import numpy as np
     from tiny_configs import tiny_config
-    from fsq_repro.models import perceptual, transformer as transformer_lib
-    from fsq_repro.train import distributed, stage1, stage2
+    from fsq_repro import parallel
+    from fsq_repro.data import tokens as tokens_lib
+    from fsq_repro.models import factory
+    from fsq_repro.train import loop, stage1, stage2
 
-    mesh = distributed.make_mesh()
+    mesh = parallel.make_mesh()
     data = np.random.default_rng(0)
     images = data.random((2, 8, 16, 16, 3), np.float32)
     tokens = data.integers(0, 64, (2, 8, 64))
     labels = data.integers(0, 8, (2, 8))
     results, initial = {}, {}
 
-    def train(name, init, abstract, shardings, step_fn, batches):
+    def train(name, setup, mesh_config, batches):
+      abstract, shardings = parallel.abstract_state(setup.init, setup.init_rng, mesh,
+                                                    mesh_config)
       # One initialisation (compiling random init is slow on CPU), placed both ways, from
       # host copies so that each run gets its own buffers to donate.
       if "state" not in initial:
-        initial["state"] = jax.device_get(jax.jit(init)(jax.random.key(0)))
+        initial["state"] = jax.device_get(jax.jit(setup.init)(jax.random.key(0)))
       state = jax.device_put(initial["state"], shardings)
-      results[name + "/bytes_per_device"] = list(distributed.bytes_per_device(state).values())
-      results[name + "/abstract_bytes"] = distributed.abstract_bytes_per_device(abstract)
+      per_device = {}
+      for leaf in jax.tree.leaves(state):
+        for shard in leaf.addressable_shards:
+          per_device[shard.device] = per_device.get(shard.device, 0) + shard.data.nbytes
+      results[name + "/bytes_per_device"] = list(per_device.values())
+      results[name + "/abstract_bytes"] = parallel.abstract_bytes_per_device(abstract)
       results[name + "/sharded_leaves"] = sum(
           s.spec != jax.sharding.PartitionSpec() for s in jax.tree.leaves(shardings))
-      step = jax.jit(step_fn, out_shardings=(shardings, distributed.replicated(mesh)),
-                     donate_argnums=0)
+      step = loop.make_train_step(setup.train_step, shardings, mesh)
       for i, batch in enumerate(batches):
-        state, metrics = step(state, distributed.global_batch(batch, mesh),
-                              jax.random.key(i + 1))
+        state, metrics = step(state, parallel.global_batch(batch, mesh),
+                              jax.random.key(i + 1), setup.frozen)
         for key, value in metrics.items():
           results[f"{name}/step{i}/{key}"] = np.asarray(value)
       for i, leaf in enumerate(jax.tree.leaves(state)):
@@ -68,25 +75,16 @@ EIGHT_DEVICE_RUN = textwrap.dedent("""
       config = tiny_config("quantizer=vq,codebook_bits=6")
       config.mesh.fsdp, config.mesh.fsdp_min_size = fsdp, 256
       if sys.argv[3] == "stage1":
-        ae, disc, optimizer, init, abstract, shardings = stage1.abstract_train_state(
-            config, mesh)
-        step_fn = functools.partial(
-            stage1.train_step, autoencoder=ae, discriminator=disc, lpips=perceptual.LPIPS(),
-            optimizer=optimizer,
-            loss_config=stage1.LossConfig.from_config(config, perceptual_on=False))
-        train(f"stage1/{fsdp}", init, abstract, shardings,
-              lambda state, batch, rng: step_fn(state, batch, {}, rng),
+        train(f"stage1/{fsdp}", stage1.setup(config), config.mesh,
               [{"image": x} for x in images])
       else:
         s = config.stage2
         s.hidden_size, s.num_layers, s.num_heads, s.mlp_dim = 32, 2, 2, 64
         s.warmup_steps = 1
-        layout = transformer_lib.TokenLayout(codebook_size=64, num_classes=8)
-        model, optimizer, init, abstract, shardings = stage2.abstract_train_state(
-            config, layout, mesh)
-        train(f"stage2/{fsdp}", init, abstract, shardings,
-              functools.partial(stage2.train_step, model=model, layout=layout,
-                                optimizer=optimizer, s=s),
+        layout = factory.token_layout(config, num_classes=8)
+        token_batches = tokens_lib.TokenBatches(tokens.reshape(16, 64), labels.reshape(16),
+                                                global_batch_size=8, seed=0)
+        train(f"stage2/{fsdp}", stage2.setup(config, layout, token_batches), config.mesh,
               [{"tokens": t, "label": l} for t, l in zip(tokens, labels)])
     np.savez(sys.argv[1], **results)
 """)
@@ -101,11 +99,12 @@ EIGHT_DEVICE_RUN = textwrap.dedent("""
     ((), 1, P()),
 ])
 def test_fsdp_spec_shards_the_largest_divisible_axis(shape, min_size, expected):
-  assert distributed.fsdp_spec(shape, 8, min_size) == expected
-  assert distributed.fsdp_spec(shape, 1, 1) == P()
+  assert parallel.fsdp_spec(shape, 8, min_size) == expected
+  assert parallel.fsdp_spec(shape, 1, 1) == P()
 
 
-@pytest.mark.parametrize("stage", [pytest.param("stage1", marks=pytest.mark.slow), "stage2"])
+@pytest.mark.slow  # a fresh process with 8 CPU devices
+@pytest.mark.parametrize("stage", ["stage1", "stage2"])
 def test_fsdp_trains_like_replication_with_less_memory_per_device(tmp_path, stage):
   out = tmp_path / "results.npz"
   run = subprocess.run([sys.executable, "-c", EIGHT_DEVICE_RUN, str(out), ROOT, stage],
@@ -165,24 +164,31 @@ def check_remat_matches(plain, rematted, variables, inputs, **kwargs):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
+def rbg_key(seed):
+  # The "rbg" generator compiles far faster than threefry on CPU; these need no particular draws.
+  return jax.random.key(seed, impl="rbg")
+
+
+@pytest.mark.slow  # compiles four gradient programs
 def test_transformer_remat_keeps_params_and_gradients():
   model = transformer.MaskGITTransformer(vocab_size=40, hidden_size=16, num_layers=2,
                                          num_heads=2, mlp_dim=32, max_len=17)
-  ids = jax.random.randint(jax.random.key(0), (4, 17), 0, 40)
-  variables = jax.jit(functools.partial(model.init, train=False))(jax.random.key(1), ids)
+  ids = jax.random.randint(rbg_key(0), (4, 17), 0, 40)
+  variables = jax.jit(functools.partial(model.init, train=False))(rbg_key(1), ids)
   rematted = model.clone(remat=True)
-  abstract = jax.eval_shape(functools.partial(rematted.init, train=False), jax.random.key(1), ids)
+  abstract = jax.eval_shape(functools.partial(rematted.init, train=False), rbg_key(1), ids)
   assert jax.tree.map(lambda a: a.shape, abstract) == jax.tree.map(jnp.shape, variables)
   # Dropout on: the recomputed forward pass must draw the same masks.
   check_remat_matches(model, rematted, variables, ids, train=True,
-                      rngs={"dropout": jax.random.key(2)})
+                      rngs={"dropout": rbg_key(2)})
 
 
+@pytest.mark.slow  # compiles four gradient programs
 def test_autoencoder_remat_keeps_params_and_gradients():
   model = vqgan.Autoencoder(quantizer=FiniteScalarQuantizer(levels=(5, 5, 5)), filters=8,
                             channel_multipliers=(1, 2), num_res_blocks=1, num_groups=4)
-  images = jax.random.uniform(jax.random.key(0), (2, 16, 16, 3))
-  variables = jax.jit(functools.partial(model.init, train=False))(jax.random.key(1), images)
+  images = jax.random.uniform(rbg_key(0), (2, 16, 16, 3))
+  variables = jax.jit(functools.partial(model.init, train=False))(rbg_key(1), images)
   check_remat_matches(model, model.clone(remat=True), variables, images, train=True)
 
 
@@ -193,7 +199,7 @@ def test_autoencoder_remat_keeps_params_and_gradients():
                                                (3, jnp.bfloat16, 2e-2)])
 def test_conv_kernel_gradient_by_matmuls_matches_xla(kernel, dtype, rtol):
   fast = nn.Conv(6, (kernel, kernel), dtype=dtype,
-                 conv_general_dilated=vqgan.conv_general_dilated)
+                 conv_general_dilated=cpu_conv.conv_general_dilated)
   plain = nn.Conv(6, (kernel, kernel), dtype=dtype)
   x = jax.random.normal(jax.random.key(0), (2, 8, 6, 4))
   params = plain.init(jax.random.key(1), x)
@@ -213,8 +219,25 @@ def test_conv_kernel_gradient_by_matmuls_matches_xla(kernel, dtype, rtol):
 
 
 def test_conv_keeps_xla_for_strided_convolutions():
-  strided = nn.Conv(4, (3, 3), strides=2, conv_general_dilated=vqgan.conv_general_dilated)
+  strided = nn.Conv(4, (3, 3), strides=2, conv_general_dilated=cpu_conv.conv_general_dilated)
   x = jax.random.normal(jax.random.key(0), (1, 8, 8, 2))
   params = strided.init(jax.random.key(1), x)
   program = jax.jit(jax.grad(lambda p: jnp.sum(strided.apply(p, x)))).lower(params).as_text()
   assert "custom_vjp" not in program and "dot_general" not in program
+
+
+def test_model_field_chooses_the_kernel_gradient():
+  """kernel_gradient="auto" gives the autoencoder's convolutions the per-tap loop on CPU (the
+  test above checks its values), "xla" leaves them to XLA, as bench.py's FLOP count needs."""
+  images = jax.ShapeDtypeStruct((2, 16, 16, 3), jnp.float32)
+  programs = {}
+  for name in ("auto", "xla"):
+    model = vqgan.Autoencoder(quantizer=FiniteScalarQuantizer(levels=(5, 5, 5)), filters=8,
+                              channel_multipliers=(1, 2), num_res_blocks=1, num_groups=4,
+                              kernel_gradient=name)
+    params = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(1),
+                            images)["params"]
+    loss = lambda p, x: jnp.mean(model.apply({"params": p}, x, train=True)[0] ** 2)
+    programs[name] = jax.jit(jax.grad(loss)).lower(params, images).as_text()
+  assert programs["auto"].count("stablehlo.while") >= 8  # one loop per 'SAME' conv
+  assert "stablehlo.while" not in programs["xla"]

@@ -5,16 +5,15 @@ dict layout is written out independently from torchvision's Inception3 tables be
 the converter is checked against torchvision's names and shapes, not against itself.
 """
 
-import importlib.util
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fsq_repro.converters import inception as inception_converter
 from fsq_repro.models import inception as inc
 from fsq_repro.models import weights
+from scripts import convert_weights
 
 
 # ------------------------------------------- torchvision's FID Inception, as a shape table
@@ -98,7 +97,7 @@ def state_dict():
 
 @pytest.fixture(scope="module")
 def params(state_dict):
-  return inc.params_from_torch_state_dict(state_dict)
+  return inception_converter.params_from_torch_state_dict(state_dict)
 
 
 # ---------------------------------------------------------------------- legacy resize
@@ -201,12 +200,12 @@ def test_torch_converter_maps_every_entry_to_the_model_tree(state_dict, params):
 def test_torch_converter_rejects_other_networks(state_dict):
   missing = {k: v for k, v in state_dict.items() if not k.startswith("Mixed_7c.branch1x1.")}
   with pytest.raises(ValueError, match="missing Mixed_7c/branch1x1/conv/kernel"):
-    inc.params_from_torch_state_dict(missing)
+    inception_converter.params_from_torch_state_dict(missing)
   with pytest.raises(ValueError, match="AuxLogits"):
-    inc.params_from_torch_state_dict({**state_dict, "AuxLogits.fc.weight": np.zeros((2, 2))})
+    inception_converter.params_from_torch_state_dict({**state_dict, "AuxLogits.fc.weight": np.zeros((2, 2))})
   thousand = {**state_dict, "fc.weight": np.zeros((1000, 2048), np.float32)}
   with pytest.raises(ValueError, match=r"fc/kernel has shape \(2048, 1000\)"):
-    inc.params_from_torch_state_dict(thousand)
+    inception_converter.params_from_torch_state_dict(thousand)
 
 
 def fake_classify_image_graph_def(state_dict, *, scale_after_normalization=True):
@@ -218,7 +217,7 @@ def fake_classify_image_graph_def(state_dict, *, scale_after_normalization=True)
     node = graph_def.node.add(name=name, op="Const")
     node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(np.asarray(value, np.float32)))
 
-  for scope, module in inc.tf_conv_scopes().items():
+  for scope, module in inception_converter.tf_conv_scopes().items():
     add_constant(f"{scope}/conv2d_params",
                  state_dict[f"{module}.conv.weight"].transpose(2, 3, 1, 0))
     for tf_leaf, torch_leaf in (("gamma", "weight"), ("beta", "bias"),
@@ -234,22 +233,12 @@ def fake_classify_image_graph_def(state_dict, *, scale_after_normalization=True)
 
 
 def test_tf_graph_converter_matches_torch_converter(state_dict, params):
-  from_graph = inc.torch_state_dict_from_graph_def(fake_classify_image_graph_def(state_dict))
+  from_graph = inception_converter.torch_state_dict_from_graph_def(fake_classify_image_graph_def(state_dict))
   jax.tree.map(np.testing.assert_array_equal,
-               inc.params_from_torch_state_dict(from_graph), params)
-  unscaled = inc.torch_state_dict_from_graph_def(
+               inception_converter.params_from_torch_state_dict(from_graph), params)
+  unscaled = inception_converter.torch_state_dict_from_graph_def(
       fake_classify_image_graph_def(state_dict, scale_after_normalization=False))
   np.testing.assert_array_equal(unscaled["Mixed_6d.branch1x1.bn.weight"], np.ones(192))
-
-
-def test_load_torch_state_dict_explains_missing_torch(tmp_path):
-  try:
-    import torch  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
-    pytest.skip("torch is installed here")
-  except ImportError:
-    pass
-  with pytest.raises(ImportError, match="needs PyTorch"):
-    inc.load_torch_state_dict(str(tmp_path / "pt_inception.pth"))
 
 
 # ---------------------------------------------------------------------- weight files
@@ -286,19 +275,11 @@ def test_convert_weights_cli_from_tf_graph(tmp_path, capsys, state_dict, params)
   graph.write_bytes(fake_classify_image_graph_def(state_dict).SerializeToString())
   out = tmp_path / "inception.msgpack"
   argv = ["inception", f"--tf_graph={graph}", f"--out={out}"]
-  assert convert_weights_script().main(argv) == 0
+  assert convert_weights.main(argv) == 0
   jax.tree.map(np.testing.assert_array_equal, inc.load_inception_params(str(out)), params)
   with pytest.raises(SystemExit):
-    convert_weights_script().main(argv)  # refuses to overwrite
+    convert_weights.main(argv)  # refuses to overwrite
   assert "exists" in capsys.readouterr().err
-
-
-def convert_weights_script():
-  path = os.path.join(os.path.dirname(__file__), "..", "scripts", "convert_weights.py")
-  spec = importlib.util.spec_from_file_location("convert_weights", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 # ---------------------------------------------------------------------------- forward
@@ -346,7 +327,7 @@ def test_pool_3_matches_pytorch_fid(monkeypatch):
     normalized = torch.from_numpy((images - 128) / 128).permute(0, 3, 1, 2)
     want_pool_3 = torch_net(normalized)[0].reshape(2, -1).numpy()
   want_spatial = captured[0].permute(0, 2, 3, 1)[..., :7].reshape(2, -1).numpy()
-  got = inc.InceptionV3().apply({"params": inc.params_from_torch_state_dict(state)}, images)
+  got = inc.InceptionV3().apply({"params": inception_converter.params_from_torch_state_dict(state)}, images)
   for name, want in (("pool_3", want_pool_3), ("spatial", want_spatial)):
     diff = float(np.max(np.abs(np.asarray(got[name]) - want)))
     print(f"{name} max abs difference vs pytorch-fid: {diff:.3g} "
@@ -360,5 +341,5 @@ def test_convert_weights_cli_from_torch_pth(tmp_path, state_dict, params):
   pth = tmp_path / "pt_inception-2015-12-05-test.pth"
   torch.save({k: torch.from_numpy(np.asarray(v)) for k, v in state_dict.items()}, pth)
   out = tmp_path / "inception.msgpack"
-  assert convert_weights_script().main(["inception", f"--torch={pth}", f"--out={out}"]) == 0
+  assert convert_weights.main(["inception", f"--torch={pth}", f"--out={out}"]) == 0
   jax.tree.map(np.testing.assert_array_equal, inc.load_inception_params(str(out)), params)

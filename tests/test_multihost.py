@@ -28,7 +28,8 @@ import jax
 import numpy as np
 import pytest
 
-from fsq_repro.train import checkpointing, distributed, stage1, stage2
+from fsq_repro import checkpoints, parallel
+from fsq_repro import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_S = 900
@@ -59,7 +60,9 @@ REFERENCE_RUN = textwrap.dedent("""
     import jax
     jax.config.update("jax_num_cpu_devices", 2)
     import numpy as np
-    from fsq_repro.data import pipeline
+    from fsq_repro import api
+    from fsq_repro import workdir as workdir_lib
+    from fsq_repro.data import extract, pipeline
     from fsq_repro.train import stage1, stage2
 
     config_path, workdir, two_process_tokens = sys.argv[1:4]
@@ -78,10 +81,9 @@ REFERENCE_RUN = textwrap.dedent("""
 
     pipeline.create_split = both_slices
     stage1.train_and_evaluate(config, workdir)
-    tokens = os.path.join(stage2.stage_dir(workdir), "tokens")
-    stage2.extract_tokens(config, workdir)
-    os.rename(tokens, os.path.join(workdir, "extracted_tokens"))
-    shutil.copytree(two_process_tokens, tokens)
+    extract.extract_tokens(config, os.path.join(workdir, "extracted_tokens"),
+                           api.Tokenizer.from_workdir(workdir, config))
+    shutil.copytree(two_process_tokens, workdir_lib.token_dir(workdir))
     stage2.train_and_evaluate(config, workdir)
 """)
 
@@ -90,13 +92,13 @@ EVAL_RUN = textwrap.dedent("""
     import importlib.util, sys
     import jax
     import numpy as np
+    from fsq_repro import api, parallel
     from fsq_repro.eval import evaluate, features
-    from fsq_repro.train import distributed, stage1
 
     config_path, workdir, out, address = sys.argv[1:5]
     num_processes, process_id = int(sys.argv[5]), int(sys.argv[6])
     if num_processes > 1:
-      distributed.initialize(address, num_processes, process_id)
+      parallel.initialize(address, num_processes, process_id)
     spec = importlib.util.spec_from_file_location("config", config_path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -106,11 +108,11 @@ EVAL_RUN = textwrap.dedent("""
     projection = np.random.default_rng(0).standard_normal((16 * 16 * 3, 8), np.float32)
     network = features.FeatureNetwork("projection", "test", jax.jit(
         lambda x: {"pool": x.reshape(len(x), -1) @ projection}))
-    autoencoder, variables = stage1.load_tokenizer(config, workdir)
-    recon = evaluate.reconstruct_split(config, autoencoder, variables, network,
-                                       distributed.make_mesh())
+    recon = evaluate.reconstruct_split(config, api.Tokenizer.from_workdir(workdir), network,
+                                       parallel.make_mesh())
     stats = recon["pool_stats"]
-    np.savez(out, counts=recon["usage"].counts, num_images=len(recon["tokens"]),
+    np.savez(out, counts=np.bincount(recon["tokens"].ravel(), minlength=64),
+             num_images=len(recon["tokens"]),
              tokens=recon["tokens"], labels=recon["labels"], psnr=recon["psnr"],
              count=stats.count, feature_sum=stats.feature_sum, outer_sum=stats.outer_sum)
 """)
@@ -121,23 +123,28 @@ EVAL_PIECES_RUN = textwrap.dedent("""
     import numpy as np
     from fsq_repro.eval import fid
     from fsq_repro.eval.usage import CodebookUsage
-    from fsq_repro.train import distributed
+    from fsq_repro import parallel
 
     address, num_processes, process_id, out = sys.argv[1], *map(int, sys.argv[2:4]), sys.argv[4]
     if num_processes > 1:
-      distributed.initialize(address, num_processes, process_id)
+      parallel.initialize(address, num_processes, process_id)
     data = np.random.default_rng(0)
     images = data.random((16, 4, 4, 3), np.float32)  # the global batch
     codes = data.integers(0, 50, (16, 3))
     local = slice(process_id * 16 // num_processes, (process_id + 1) * 16 // num_processes)
-    batch = distributed.global_batch({"image": images[local]}, distributed.make_mesh())
+    batch = parallel.global_batch({"image": images[local], "codes": codes[local]},
+                                  parallel.make_mesh())
     projection = data.standard_normal((48, 5)).astype(np.float32)
     features = jax.jit(lambda x: x.reshape(len(x), -1) @ projection)(batch["image"])
     mean_pixel = jax.jit(lambda x: x.mean())(batch["image"])
-    stats = fid.FeatureStats.empty(5).update(distributed.host_array(features))
-    usage = CodebookUsage(50).update(codes[local]).merge_across_processes()
-    np.savez(out, mean_pixel=distributed.host_array(mean_pixel), count=stats.count,
-             feature_sum=stats.feature_sum, outer_sum=stats.outer_sum, counts=usage.counts)
+    stats = fid.FeatureStats.empty(5).update(parallel.host_array(features))
+    # As evaluation counts codes: every process gathers every row, then counts.
+    usage = CodebookUsage(50).update(parallel.host_array(batch["codes"]))
+    seen, seen_counts = usage.code_counts()
+    counts = np.zeros(50, np.int64)
+    counts[seen] = seen_counts
+    np.savez(out, mean_pixel=parallel.host_array(mean_pixel), count=stats.count,
+             feature_sum=stats.feature_sum, outer_sum=stats.outer_sum, counts=counts)
 """)
 
 
@@ -204,13 +211,8 @@ def load_config(path):
   return module.get_config()
 
 
-def restored_stage1_state(config, workdir):
-  *_, abstract, _ = stage1.abstract_train_state(config, distributed.make_mesh())
-  checkpointer = checkpointing.Checkpointer(
-      os.path.join(stage1.stage_dir(workdir), "checkpoints"), every_steps=1, keep=1)
-  state = checkpointer.restore_or_init(None, abstract)
-  checkpointer.close()
-  return state
+def final_state(workdir, stage):
+  return checkpoints.restore_latest(workdir_lib.checkpoint_dir(str(workdir), stage))
 
 
 def assert_trees_close(a, b, what: str) -> None:
@@ -259,10 +261,8 @@ def test_two_processes_train_like_one(trained):
     np.testing.assert_array_equal(process_tokens(two / "stage2" / "tokens", process),
                                   by_process[process].reshape(-1, *extracted.shape[1:]))
 
-  assert_trees_close(restored_stage1_state(config, str(two)),
-                     restored_stage1_state(config, str(one)), "stage1 state")
-  assert_trees_close(stage2.load_transformer(config, str(two))[1],
-                     stage2.load_transformer(config, str(one))[1], "stage2 params")
+  for stage in ("stage1", "stage2"):
+    assert_trees_close(final_state(two, stage), final_state(one, stage), f"{stage} state")
 
 
 @pytest.mark.slow
@@ -317,7 +317,7 @@ def test_two_processes_gather_eval_statistics_like_one(tmp_path):
 
 
 def test_prefetch_to_device_keeps_order_and_reads_only_size_ahead():
-  mesh = distributed.make_mesh()
+  mesh = parallel.make_mesh()
   read = []
 
   def local_batches():
@@ -325,10 +325,10 @@ def test_prefetch_to_device_keeps_order_and_reads_only_size_ahead():
       read.append(i)
       yield {"x": np.full((2, 3), i, np.float32)}
 
-  batches = distributed.prefetch_to_device(local_batches(), mesh, size=2)
+  batches = parallel.prefetch_to_device(local_batches(), mesh, size=2)
   first = next(batches)
   assert read == [0, 1, 2]  # the batch in use and two more on their way
   assert isinstance(first["x"], jax.Array) and first["x"].sharding == \
-      distributed.batch_sharding(mesh)
+      parallel.batch_sharding(mesh)
   rest = [int(b["x"][0, 0]) for b in batches]
   assert [int(first["x"][0, 0])] + rest == [0, 1, 2, 3, 4]

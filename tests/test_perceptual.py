@@ -8,8 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fsq_repro.converters import lpips as lpips_converter
+from fsq_repro.converters import torch_files
 from fsq_repro.models import perceptual
 from fsq_repro.models.perceptual import LPIPS
+from scripts import convert_weights
 
 SIZE = 16  # the smallest size at which relu5_3 (after four 2x2 pools) is non-empty
 
@@ -39,7 +42,7 @@ def torch_weights():
 
 @pytest.fixture(scope="module")
 def params(torch_weights):
-  return perceptual.params_from_torch_state_dicts(*torch_weights)
+  return lpips_converter.params_from_torch_state_dicts(*torch_weights)
 
 
 def random_images(seed, batch):
@@ -106,6 +109,7 @@ def test_distances_and_features_match_numpy_reference(params, torch_weights):
   assert np.all(d_xy > 1e-3)
 
 
+@pytest.mark.slow  # VGG16's gradient: a compile of twenty seconds
 def test_gradients_with_respect_to_images_are_finite_and_nonzero(params):
   x, y = random_images(4, 1), random_images(5, 1)
   grad = jax.jit(jax.grad(lambda a: jnp.sum(LPIPS().apply({"params": params}, a, y))))(x)
@@ -115,35 +119,43 @@ def test_gradients_with_respect_to_images_are_finite_and_nonzero(params):
 def test_converter_rejects_wrong_weights(torch_weights):
   vgg, lin = torch_weights
   with pytest.raises(ValueError, match="'features.28.bias'"):
-    perceptual.params_from_torch_state_dicts(
+    lpips_converter.params_from_torch_state_dicts(
         {k: v for k, v in vgg.items() if k != "features.28.bias"}, lin)
   with pytest.raises(ValueError, match="features.0.weight has shape"):
-    perceptual.params_from_torch_state_dicts(
+    lpips_converter.params_from_torch_state_dicts(
         dict(vgg, **{"features.0.weight": np.zeros((64, 3, 5, 5))}), lin)
   with pytest.raises(ValueError, match="lin3.model.1.weight has negative entries"):
-    perceptual.params_from_torch_state_dicts(
+    lpips_converter.params_from_torch_state_dicts(
         vgg, dict(lin, **{"lin3.model.1.weight": -lin["lin3.model.1.weight"]}))
 
 
-def test_convert_lpips_writes_a_loadable_weight_file(tmp_path, monkeypatch, torch_weights,
-                                                     params):
+def fake_torch(files: dict):
+  """A stand-in `torch` module whose load() returns {name: tensor-like} of `files`."""
+  tensor = lambda array: types.SimpleNamespace(detach=lambda: types.SimpleNamespace(
+      numpy=lambda: array))
+  return types.SimpleNamespace(load=lambda path, map_location, weights_only: {
+      name: tensor(array) for name, array in files[path.split("/")[-1]].items()})
+
+
+def test_convert_weights_cli_writes_a_loadable_lpips_file(tmp_path, monkeypatch, torch_weights,
+                                                         params):
   vgg, lin = torch_weights
-  files = {"vgg16.pth": vgg, "vgg.pth": lin}
-  fake_torch = types.SimpleNamespace(
-      load=lambda path, map_location, weights_only: files[path.split("/")[-1]])
-  monkeypatch.setitem(sys.modules, "torch", fake_torch)
+  monkeypatch.setitem(sys.modules, "torch", fake_torch({"vgg16.pth": vgg, "vgg.pth": lin}))
+  for name in ("vgg16.pth", "vgg.pth"):
+    (tmp_path / name).write_bytes(b"stand-in")
   out = str(tmp_path / "lpips_vgg16.msgpack")
-  perceptual.convert_lpips(str(tmp_path / "vgg16.pth"), str(tmp_path / "vgg.pth"), out)
+  assert convert_weights.main(["lpips", f"--torch={tmp_path / 'vgg16.pth'}",
+                               f"--lin={tmp_path / 'vgg.pth'}", f"--out={out}"]) == 0
   loaded = perceptual.load_lpips_params(out)
   assert jax.tree.structure(loaded) == jax.tree.structure(params)
   for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(params)):
     np.testing.assert_array_equal(a, b)
 
 
-def test_convert_lpips_without_torch_says_what_to_install(monkeypatch, tmp_path):
+def test_reading_torch_files_without_torch_says_what_to_install(monkeypatch):
   monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` fail
   with pytest.raises(ImportError, match="pip install torch"):
-    perceptual.convert_lpips("a.pth", "b.pth", str(tmp_path / "out"))
+    torch_files.load_state_dict("a.pth")
 
 
 def test_weight_lookup_and_status_line(tmp_path, monkeypatch):
@@ -152,11 +164,17 @@ def test_weight_lookup_and_status_line(tmp_path, monkeypatch):
   present.write_bytes(b"x")
   missing = str(tmp_path / "nothing_here.msgpack")
   assert perceptual.find_perceptual_weights(str(present)) == str(present)
-  assert perceptual.find_perceptual_weights(missing) is None
   assert perceptual.find_perceptual_weights(None) is None
-  assert perceptual.perceptual_status(missing) == f"perceptual loss: off (no weights at {missing})"
+  # A path that is given but missing is an error, never a silent "off".
+  with pytest.raises(ValueError, match=f"stage1.perceptual_weights='{missing}' is not a file"):
+    perceptual.find_perceptual_weights(missing)
+  assert perceptual.perceptual_status(str(present)).startswith("perceptual loss: on")
   assert "FSQ_LPIPS_WEIGHTS is unset" in perceptual.perceptual_status(None)
   monkeypatch.setenv(perceptual.WEIGHTS_ENV_VAR, str(present))
   assert perceptual.find_perceptual_weights(None) == str(present)
-  assert perceptual.perceptual_status(None).startswith("perceptual loss: on")
-  assert perceptual.find_perceptual_weights(missing) is None  # an explicit path wins
+  other = tmp_path / "other.msgpack"
+  other.write_bytes(b"y")
+  assert perceptual.find_perceptual_weights(str(other)) == str(other)  # an explicit path wins
+  monkeypatch.setenv(perceptual.WEIGHTS_ENV_VAR, missing)
+  with pytest.raises(ValueError, match=r"\$FSQ_LPIPS_WEIGHTS="):
+    perceptual.find_perceptual_weights(None)

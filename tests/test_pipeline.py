@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fsq_repro import api
 from fsq_repro.data import pipeline
-from fsq_repro.eval import adm_npz, evaluate, generate
+from fsq_repro.eval import evaluate, generate
+from fsq_repro.models import factory
 from fsq_repro.train import stage1, stage2
 from tiny_configs import tiny_pipeline_config
 
@@ -20,6 +22,7 @@ RESULT_KEYS = {
     "sampling_sfid"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arg", ["quantizer=fsq,codebook_bits=6", "quantizer=vq,codebook_bits=6"])
 def test_whole_pipeline(tmp_path, arg):
   config = tiny_pipeline_config(arg)
@@ -31,7 +34,8 @@ def test_whole_pipeline(tmp_path, arg):
   assert losses[-1] < losses[0]  # the transformer learns the token statistics
 
   directory = generate.write_samples(config, workdir)
-  images, labels = adm_npz.load_samples(os.path.join(directory, "samples.npz"))
+  with np.load(os.path.join(directory, "samples.npz")) as samples:  # as ADM reads them
+    images, labels = samples["arr_0"], samples["arr_1"]
   assert images.shape == (16, 16, 16, 3) and images.dtype == np.uint8
   np.testing.assert_array_equal(labels, np.arange(16) % 8)
   grid = np.asarray(Image.open(os.path.join(directory, "class_000.png")))
@@ -48,13 +52,13 @@ def test_whole_pipeline(tmp_path, arg):
   assert results["range_coded_bits_per_token"] >= results["range_coded_ideal_bits_per_token"] - 0.5
 
   # Usage equals a brute-force count of the codes of the evaluated images.
-  autoencoder, variables = stage1.load_tokenizer(config, workdir)
+  tokenizer = api.Tokenizer.from_workdir(workdir)  # the config it saved
   assert results["num_eval_images"] == config.eval.num_images
   brute = set()
   batches = pipeline.create_split(config.dataset.name, config.dataset.eval_split,
                                   batch_size=32, image_size=16, train=False)
   for _, batch in zip(range(config.eval.num_images // 32), batches):
-    _, out = autoencoder.apply(variables, batch["image"], train=False)
-    brute |= set(np.asarray(out.indices)[batch["mask"]].ravel().tolist())
+    indices = tokenizer.encode(batch["image"])
+    brute |= set(np.asarray(indices)[batch["mask"]].ravel().tolist())
   assert results["codes_used"] == len(brute)
-  assert results["usage"] == len(brute) / config.quantizer.codebook_size
+  assert results["usage"] == len(brute) / factory.codebook_size(config.quantizer)

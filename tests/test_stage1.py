@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 
+from fsq_repro import api
 from fsq_repro.train import stage1
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,9 +21,11 @@ def read_metrics(workdir):
     return [json.loads(line) for line in f]
 
 
+@pytest.mark.slow  # 40 steps of training for each quantizer
 @pytest.mark.parametrize("arg", ["quantizer=fsq,codebook_bits=6", "quantizer=vq,codebook_bits=6"])
 def test_training_reduces_reconstruction_loss(tiny_config, tmp_path, arg):
   config = tiny_config(arg)
+  config.stage1.generator_weight = 0.0  # reconstruction alone (the GAN step is tested below)
   config.stage1.num_train_steps = 40
   config.stage1.learning_rate = 2e-3
   config.stage1.checkpoint_every_steps = 40
@@ -35,15 +38,29 @@ def test_training_reduces_reconstruction_loss(tiny_config, tmp_path, arg):
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "stage1"))
   saved = json.load(open(tmp_path / "stage1" / "config.json"))
   assert saved["perceptual_loss"].startswith("perceptual loss: off")
+  assert saved["config"]["quantizer"]["kind"] == config.quantizer.kind
 
 
-def test_resume_continues_the_same_trajectory(tiny_config, tmp_path):
+def test_resume_continues_the_same_trajectory_and_says_so(tiny_config, tmp_path, capsys):
   config = tiny_config()
+  # Without the GAN (a third of the compile time); test_reliability resumes the GAN's state.
+  config.stage1.generator_weight = 0.0
+  config.stage1.num_train_steps = 4
+  config.stage1.checkpoint_every_steps = 2
   straight = stage1.train_and_evaluate(config, str(tmp_path / "straight"))
-  config.stage1.num_train_steps = 3
+  config.stage1.num_train_steps = 2
   stage1.train_and_evaluate(config, str(tmp_path / "resumed"))
-  config.stage1.num_train_steps = 6
+  config.stage1.num_train_steps = 4
+  capsys.readouterr()
   resumed = stage1.train_and_evaluate(config, str(tmp_path / "resumed"))
+  first_line = capsys.readouterr().out.splitlines()[0]
+  checkpoint = tmp_path / "resumed" / "stage1" / "checkpoints" / "2"
+  assert first_line == f"stage1: resumed from step 2: {checkpoint}"
+  # What the trainer saved is what inference loads: the EMA parameters.
+  tokenizer = api.Tokenizer.from_workdir(str(tmp_path / "resumed"))
+  for a, b in zip(jax.tree.leaves(tokenizer.variables["params"]),
+                  jax.tree.leaves(resumed.ema_params)):
+    np.testing.assert_array_equal(a, b)
   for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
     np.testing.assert_array_equal(a, b)
   straight_losses = [m["generator_loss"] for m in read_metrics(tmp_path / "straight")]
@@ -64,31 +81,17 @@ EIGHT_DEVICE_RUN = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # two fresh processes (side by side: each compiles on its own core)
 def test_eight_devices_match_one_device(tmp_path):
-  for devices in (1, 8):
-    subprocess.run([sys.executable, "-c", EIGHT_DEVICE_RUN, str(tmp_path / str(devices)),
-                    str(devices), ROOT], check=True, cwd=ROOT, capture_output=True)
+  runs = [subprocess.Popen([sys.executable, "-c", EIGHT_DEVICE_RUN, str(tmp_path / str(devices)),
+                            str(devices), ROOT], cwd=ROOT, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True) for devices in (1, 8)]
+  for run in runs:
+    _, stderr = run.communicate(timeout=900)
+    assert run.returncode == 0, stderr[-3000:]
   one, eight = read_metrics(tmp_path / "1"), read_metrics(tmp_path / "8")
   assert len(one) == len(eight) == 6
   for a, b in zip(one, eight):
     for key in ("generator_loss", "discriminator_loss", "reconstruction_loss", "quantizer_loss"):
       # Sharded reductions sum in a different order: float32 round-off only.
       np.testing.assert_allclose(a[key], b[key], rtol=2e-4, err_msg=key)
-
-
-@pytest.mark.parametrize("override,message", [
-    ("--config.quantizer.levels=(8,1,5)", "level 1"),
-    ("--config.stage1.batch_size=7", "not divisible"),
-    ("--config.dataset.name=no_such_dataset", "no_such_dataset"),
-    ("--config.quantizer.codebook_size=1024", "does not match levels"),
-    ("--config.stage1.no_such_field=1", "no_such_field"),
-])
-def test_bad_config_fails_with_one_clear_line(tmp_path, override, message):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
-  result = subprocess.run(
-      [sys.executable, "-m", "fsq_repro.main", "--mode=stage1",
-       "--config=configs/demo.py:quantizer=fsq,codebook_bits=10", f"--workdir={tmp_path}",
-       override], cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
-  assert result.returncode != 0
-  assert message in result.stderr
-  assert not os.path.exists(tmp_path / "stage1" / "checkpoints")

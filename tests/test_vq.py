@@ -50,29 +50,31 @@ def test_gradients_straight_through_and_split_between_terms():
   np.testing.assert_allclose(g_cb, expected_cb, rtol=1e-5, atol=1e-7)
 
 
-def _numpy_entropy_loss(distances, t):
-  logits = -distances / t
-  p = np.exp(logits - logits.max(-1, keepdims=True))
-  p /= p.sum(-1, keepdims=True)
-  shifted = logits + 1e-5
-  log_p = shifted - shifted.max(-1, keepdims=True)
-  log_p -= np.log(np.exp(log_p).sum(-1, keepdims=True))
-  per_token = -np.mean(np.sum(p * log_p, -1))
-  mean_p = p.mean(0)
-  return per_token + np.sum(mean_p * np.log(mean_p + 1e-5))
+def test_entropy_loss_by_hand():
+  """Two tokens, two codes, T = 0.01: distances (0, T ln 3) give p = (3/4, 1/4) and the mirror
+  (1/4, 3/4); the mean assignment is (1/2, 1/2). MaskGIT's epsilon: log(mean + 1e-5)."""
+  t = 0.01
+  d = np.array([[0.0, t * np.log(3.0)], [t * np.log(3.0), 0.0]], np.float32)
+  per_token_entropy = -(0.75 * np.log(0.75) + 0.25 * np.log(0.25))
+  entropy_of_mean = -2 * 0.5 * np.log(0.5 + 1e-5)
+  np.testing.assert_allclose(entropy_loss(jnp.asarray(d), t), per_token_entropy - entropy_of_mean,
+                             rtol=1e-5)
+  # One-hot and spread evenly: no per-token entropy, log 2 for the mean.
+  far = np.array([[0.0, 1.0], [1.0, 0.0]], np.float32)
+  np.testing.assert_allclose(entropy_loss(jnp.asarray(far), t), 2 * 0.5 * np.log(0.5 + 1e-5),
+                             atol=1e-6)
 
 
-def test_entropy_loss_matches_numpy_and_weights_into_loss():
-  rng = np.random.default_rng(0)
-  d = rng.uniform(0, 0.1, (50, 7)).astype(np.float32)
-  np.testing.assert_allclose(entropy_loss(jnp.asarray(d), 0.01), _numpy_entropy_loss(d, 0.01),
-                             rtol=1e-4, atol=1e-5)
+def test_entropy_loss_is_weighted_into_the_vq_loss():
   plain = VectorQuantizer(3, 2)
   with_entropy = VectorQuantizer(3, 2, entropy_loss_weight=0.1, entropy_temperature=0.01)
   _, out0 = _apply(plain, Z, train=True)
   _, out1 = _apply(with_entropy, Z, train=True)
-  dist = ((Z.reshape(-1, 1, 2) - CODEBOOK[None])**2).sum(-1)
-  np.testing.assert_allclose(out1.loss - out0.loss, 0.1 * _numpy_entropy_loss(dist, 0.01), rtol=1e-4)
+  distances = ((Z.reshape(-1, 1, 2) - CODEBOOK[None])**2).sum(-1)
+  np.testing.assert_allclose(out1.loss - out0.loss,
+                             0.1 * entropy_loss(jnp.asarray(distances), 0.01), rtol=1e-5)
+  np.testing.assert_allclose(out1.stats["entropy_loss"], entropy_loss(jnp.asarray(distances), 0.01),
+                             rtol=1e-6)
 
 
 def test_entropy_loss_prefers_confident_and_diverse_assignments():

@@ -8,7 +8,8 @@ import pytest
 
 from fsq_repro.models import vqgan
 from fsq_repro.models.discriminator import Discriminator, blur_downsample
-from fsq_repro.models.vqgan import Autoencoder, count_params
+from fsq_repro.models.factory import count_params
+from fsq_repro.models.vqgan import Autoencoder
 from fsq_repro.quantizers import FiniteScalarQuantizer, VectorQuantizer
 
 IMAGE_SIZE = 16
@@ -196,6 +197,48 @@ def test_blur_downsample_matches_brute_force():
 
 
 # --- paper configurations (abstract shapes only: nothing is materialised) ------------------
+# The counts are written out from the architecture (MaskGIT's vqgan_tokenizer.py and
+# discriminator.py, as REFERENCE.md and the module docstrings describe them), layer by layer,
+# without Flax: a change to the networks that changes their shapes fails here.
+
+
+def conv(kernel, cin, cout, bias):
+  return kernel * kernel * cin * cout + (cout if bias else 0)
+
+
+def res_block(cin, cout):
+  """GN(cin) conv3x3 GN(cout) conv3x3, no conv biases, a bias-free 1x1 skip if cin != cout."""
+  return 2 * cin + conv(3, cin, cout, False) + 2 * cout + conv(3, cout, cout, False) + (
+      conv(1, cin, cout, False) if cin != cout else 0)
+
+
+def tokenizer_param_count(latent_dim, filters=128, multipliers=(1, 1, 2, 2, 4), blocks=2):
+  widths = [filters * m for m in multipliers]
+  encoder, width = conv(3, 3, filters, False), filters
+  for level_width in widths:
+    for _ in range(blocks):
+      encoder, width = encoder + res_block(width, level_width), level_width
+  encoder += blocks * res_block(width, width) + 2 * width + conv(1, width, latent_dim, True)
+  decoder = conv(3, latent_dim, width, True) + blocks * res_block(width, width)
+  for level in reversed(range(len(widths))):
+    for _ in range(blocks):
+      decoder, width = decoder + res_block(width, widths[level]), widths[level]
+    if level > 0:
+      decoder += conv(3, width, width, True)  # after the nearest-neighbour upsampling
+  decoder += 2 * width + conv(3, width, 3, True)
+  return encoder + decoder
+
+
+def discriminator_param_count(image_size, max_filters=512):
+  width_at = lambda r: max_filters if r <= 32 else max_filters * 32 // r
+  width, count, resolution = width_at(image_size), conv(3, 3, width_at(image_size), True), image_size
+  while resolution > 4:
+    resolution //= 2
+    out = width_at(resolution)
+    count += conv(3, width, width, True) + conv(3, width, out, True) + conv(1, width, out, False)
+    width = out
+  return (count + conv(3, width, width, True) + (4 * 4 * width * width + width)
+          + (width + 1))
 
 
 def abstract_param_count(model, image_size, **kwargs):
@@ -208,8 +251,14 @@ def abstract_param_count(model, image_size, **kwargs):
 def test_paper_config_parameter_counts(image_size):
   fsq = Autoencoder(quantizer=FiniteScalarQuantizer(levels=(8, 5, 5, 5)))
   vq = Autoencoder(quantizer=VectorQuantizer(codebook_size=1024, codebook_dim=256))
-  # Regression values; MaskGIT reports ~54M for its VQ tokenizer.
-  assert abstract_param_count(fsq, image_size, train=False) == 52_881_031
-  assert abstract_param_count(vq, image_size, train=False) == 54_433_667
-  expected_discriminator = {128: 23_880_833, 256: 23_998_017}[image_size]
-  assert abstract_param_count(Discriminator(image_size), image_size) == expected_discriminator
+  assert abstract_param_count(fsq, image_size, train=False) == tokenizer_param_count(4)
+  assert abstract_param_count(vq, image_size, train=False) == (
+      tokenizer_param_count(256) + 1024 * 256)
+  assert abstract_param_count(Discriminator(image_size), image_size) == (
+      discriminator_param_count(image_size))
+
+
+def test_tiny_config_parameter_count_matches_the_closed_form():
+  # filters 8, widths (8, 16), one block per level, FSQ (8, 5, 5, 5) = 4 latent channels.
+  assert tokenizer_param_count(4, filters=8, multipliers=(1, 2), blocks=1) == (
+      abstract_param_count(tiny_autoencoder("fsq"), IMAGE_SIZE, train=False))

@@ -16,8 +16,6 @@ eval resizes the short side and takes the center crop. Images are float32 in
 `create_split`).
 """
 
-import contextlib
-import fcntl
 import math
 import os
 from typing import Iterator
@@ -29,6 +27,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
+from fsq_repro import files  # pylint: disable=g-import-not-at-top
 from fsq_repro.data import embedded  # pylint: disable=g-import-not-at-top
 from fsq_repro.data import image_folder  # pylint: disable=g-import-not-at-top
 
@@ -50,23 +49,17 @@ def _hide_accelerators_from_tf() -> None:
 _hide_accelerators_from_tf()
 
 
-def default_data_dir() -> str:
-  """TFDS data dir used when none is given: $FSQ_DATA_DIR or the user cache."""
-  return (os.environ.get("FSQ_DATA_DIR")
-          or os.path.expanduser("~/.cache/fsq_repro/tfds"))
-
-
 def _builder(dataset_name: str, data_dir: str | None):
   """The TFDS builder of a known image/label dataset (maybe not prepared)."""
   if image_folder.is_image_folder(dataset_name):  # a user's folder: see image_folder.py
-    return image_folder.builder(dataset_name, data_dir or default_data_dir())
+    return image_folder.builder(dataset_name, data_dir or files.data_dir())
   base_name = dataset_name.split("/")[0].split(":")[0]
   if base_name not in tfds.list_builders(with_community_datasets=False):
     raise ValueError(
         f"dataset_name={dataset_name!r} is not a TFDS dataset; use "
         f"{EMBEDDED_DATASET!r} (embedded, offline), 'imagenet2012', 'cifar10', "
         "another name from tfds.list_builders(), or 'image_folder:<dir>'")
-  builder = tfds.builder(dataset_name, data_dir=data_dir or default_data_dir())
+  builder = tfds.builder(dataset_name, data_dir=data_dir or files.data_dir())
   features = builder.info.features
   if ("image" not in features or "label" not in features or
       not isinstance(features["label"], tfds.features.ClassLabel)):
@@ -80,7 +73,7 @@ def _prepared_builder(dataset_name: str, data_dir: str | None):
   if builder.is_prepared():
     return builder
   _check_manual_data(builder)
-  with _file_lock(os.path.join(builder.data_dir_root, builder.name + ".lock")):
+  with files.file_lock(os.path.join(builder.data_dir_root, builder.name + ".lock")):
     if not builder.is_prepared():
       builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
           try_download_gcs=False))
@@ -108,21 +101,6 @@ def _check_manual_data(builder) -> None:
     raise FileNotFoundError(
         f"{builder.name} needs a manual download into {manual_dir}: "
         + " ".join(builder.MANUAL_DOWNLOAD_INSTRUCTIONS.split()))
-
-
-@contextlib.contextmanager
-def _file_lock(path: str):
-  """Serialises dataset preparation between processes on one machine."""
-  if "://" in path:  # Remote data dirs (gs://) are prepared beforehand.
-    yield
-    return
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w") as lock_file:
-    fcntl.flock(lock_file, fcntl.LOCK_EX)
-    try:
-      yield
-    finally:
-      fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
 def num_examples(dataset_name: str, split: str, *,
@@ -271,7 +249,7 @@ def create_split(
     train: shuffle every epoch and augment (random crop + flip), or not.
     seed: non-negative int; with `start_step` it fixes every batch.
     start_step: index of the first batch yielded (resume from a checkpoint).
-    data_dir: TFDS data dir; default `default_data_dir()`.
+    data_dir: TFDS data dir; default `files.data_dir()`.
     process_index, process_count: this process's slice; default from JAX.
     drop_remainder: True: an epoch is floor(examples per process / batch)
       full batches (the leftover examples differ from epoch to epoch when

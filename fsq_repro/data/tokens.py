@@ -15,6 +15,8 @@ import os
 
 import numpy as np
 
+from fsq_repro import files
+
 COMPLETE_MARKER = "complete.json"
 
 
@@ -24,10 +26,9 @@ def shard_path(directory: str, process_index: int, shard_index: int) -> str:
 
 def write_shard(path: str, tokens: np.ndarray, labels: np.ndarray, codebook_size: int) -> None:
   dtype = np.uint16 if codebook_size <= 2**16 else np.int32
-  tmp = path + ".tmp"  # never matches the shard glob, so a killed write is never read
-  with open(tmp, "wb") as f:
+  # The temporary name never matches the shard glob, so a killed write is never read.
+  with files.atomic_write(path, "wb") as f:
     np.savez(f, tokens=tokens.astype(dtype), labels=labels.astype(np.int32))
-  os.replace(tmp, path)
 
 
 def is_complete(directory: str) -> bool:
@@ -35,10 +36,8 @@ def is_complete(directory: str) -> bool:
 
 
 def mark_complete(directory: str, **info) -> None:
-  tmp = os.path.join(directory, COMPLETE_MARKER + ".tmp")
-  with open(tmp, "w") as f:
+  with files.atomic_write(os.path.join(directory, COMPLETE_MARKER)) as f:
     json.dump(info, f)
-  os.replace(tmp, os.path.join(directory, COMPLETE_MARKER))
 
 
 def load_all(directory: str) -> tuple[np.ndarray, np.ndarray]:

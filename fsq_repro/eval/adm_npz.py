@@ -7,10 +7,10 @@ arr_0 (uint8 NHWC) and arr_1 (integer class labels).
 """
 
 import os
-import zipfile
-from typing import Iterator
 
 import numpy as np
+
+from fsq_repro import files
 
 STATS_KEYS = ("mu", "sigma", "mu_s", "sigma_s")
 
@@ -50,19 +50,6 @@ def load_images(path: str) -> np.ndarray:
     return _checked_images(data["arr_0"], f"{path}:arr_0")
 
 
-def load_samples(path: str) -> tuple[np.ndarray, np.ndarray]:
-  """Returns (images, labels) of a sample batch written by `save_samples`."""
-  images = load_images(path)
-  with np.load(path) as data:
-    if "arr_1" not in data:
-      raise ValueError(f"{path} has no arr_1 labels")
-    labels = data["arr_1"]
-  if labels.shape != (images.shape[0],):
-    raise ValueError(f"{path}:arr_1 must have shape ({images.shape[0]},), got "
-                     f"{labels.shape}")
-  return images, labels
-
-
 def load_reference_stats(path: str) -> dict | None:
   """Returns the stored float64 mu, sigma, mu_s, sigma_s, or None if absent."""
   with np.load(path) as data:
@@ -70,26 +57,6 @@ def load_reference_stats(path: str) -> dict | None:
     if not present:
       return None
     return _checked_stats({k: data[k] for k in present}, source=path)
-
-
-def iter_image_batches(path: str, batch_size: int) -> Iterator[np.ndarray]:
-  """Yields arr_0 in uint8 batches without loading the whole array (50k at
-  256x256 is 10 GB)."""
-  if batch_size < 1:
-    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-  with zipfile.ZipFile(path) as archive:
-    if "arr_0.npy" not in archive.namelist():
-      raise ValueError(f"{path} has no arr_0")
-    with archive.open("arr_0.npy") as stream:
-      shape, fortran_order, dtype = _read_npy_header(stream)
-      if fortran_order or dtype != np.uint8 or len(shape) != 4 or shape[3] != 3:
-        raise ValueError(f"{path}:arr_0 must be C-ordered uint8 [N, H, W, 3], "
-                         f"got {dtype} {shape}")
-      image_bytes = int(np.prod(shape[1:]))
-      for start in range(0, shape[0], batch_size):
-        count = min(batch_size, shape[0] - start)
-        data = _read_exactly(stream, count * image_bytes, path)
-        yield np.frombuffer(data, np.uint8).reshape((count,) + shape[1:])
 
 
 def _checked_images(images, name: str) -> np.ndarray:
@@ -120,27 +87,5 @@ def _write_npz(path: str, arrays: dict, overwrite: bool) -> None:
     raise ValueError(f"path must end in .npz, got {path!r}")
   if os.path.exists(path) and not overwrite:
     raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-  tmp = path + ".tmp"
-  with open(tmp, "wb") as f:  # A file object stops np.savez appending ".npz".
+  with files.atomic_write(path, "wb") as f:  # a file object: np.savez appends no ".npz"
     np.savez(f, **arrays)
-  os.replace(tmp, path)
-
-
-def _read_npy_header(stream):
-  version = np.lib.format.read_magic(stream)
-  if version == (1, 0):
-    return np.lib.format.read_array_header_1_0(stream)
-  if version == (2, 0):
-    return np.lib.format.read_array_header_2_0(stream)
-  raise ValueError(f"unsupported .npy format version {version}")
-
-
-def _read_exactly(stream, size: int, path: str) -> bytes:
-  chunks, remaining = [], size
-  while remaining:
-    chunk = stream.read(remaining)
-    if not chunk:
-      raise ValueError(f"{path}:arr_0 ended early; the file is truncated")
-    chunks.append(chunk)
-    remaining -= len(chunk)
-  return b"".join(chunks)

@@ -1,7 +1,8 @@
 """`--mode=eval`: every number of Figure 3 / Figure 4 for one run, into results.json.
 
-1. Reconstructions of the eval split by the EMA tokenizer: exact codebook usage, PSNR,
-   and reconstruction FID against the training split's statistics.
+1. Reconstructions of the eval split by the EMA tokenizer: exact codebook usage (and the
+   entropy of the code distribution), PSNR, and reconstruction FID against the training
+   split's statistics.
 2. Samples for every CFG alpha of `eval.cfg_sweep`: sampling FID, precision/recall
    against a reference set, Inception Score; the best alpha is the one with lowest FID.
 3. Compression cost of the eval split's token maps under the Stage II model (M2T's
@@ -17,29 +18,30 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from fsq_repro import api, files, parallel
+from fsq_repro import workdir as workdir_lib
 from fsq_repro.data import pipeline
 from fsq_repro.eval import adm_npz, compression, features, fid, generate
 from fsq_repro.eval import precision_recall as pr
 from fsq_repro.eval.reconstruction import psnr
 from fsq_repro.eval.usage import CodebookUsage
-from fsq_repro.models import transformer as transformer_lib
-from fsq_repro.train import distributed, stage1, stage2
+from fsq_repro.images import to_uint8
+from fsq_repro.models import factory
 
 
 def _split_batches(config, split, num_images, mesh):
   """Global eval batches of `split` (center crops), at most `num_images` real rows."""
   e = config.eval
-  local_batch = distributed.per_process_batch_size(e.batch_size)
+  local_batch = parallel.per_process_batch_size(e.batch_size)
   seen = 0
   for batch in pipeline.create_split(config.dataset.name, split, batch_size=local_batch,
                                      image_size=config.dataset.image_size, train=False,
                                      seed=config.seed, data_dir=config.dataset.data_dir):
     if seen >= num_images:
       return
-    yield distributed.global_batch(batch, mesh)
+    yield parallel.global_batch(batch, mesh)
     seen += e.batch_size
 
 
@@ -49,8 +51,7 @@ def reference_statistics(config, network, mesh, cache_dir=None):
   The cache key holds the dataset, image size, split and feature network, so runs of a
   sweep share one computation.
   """
-  cache_dir = cache_dir or os.environ.get(
-      "FSQ_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "fsq_repro"))
+  cache_dir = cache_dir or files.cache_dir()
   # The source names the weights (file, accuracy), so retrained weights get new statistics.
   weights_id = hashlib.sha1(network.source.encode()).hexdigest()[:10]
   key = f"{config.dataset.name}-{config.dataset.train_split}-{config.dataset.image_size}px-" \
@@ -67,8 +68,8 @@ def reference_statistics(config, network, mesh, cache_dir=None):
   images = []
   for batch in _split_batches(config, config.dataset.train_split,
                               config.eval.num_reference_images, mesh):
-    keep = distributed.host_array(batch["mask"])
-    images.append(generate.to_uint8(distributed.host_array(batch["image"])[keep]))
+    keep = parallel.host_array(batch["mask"])
+    images.append(to_uint8(parallel.host_array(batch["image"])[keep]))
   images = np.concatenate(images)[:config.eval.num_reference_images]
   mu, sigma = pool_stats.mean_and_covariance()
   mu_s, sigma_s = spatial_stats.mean_and_covariance()
@@ -89,25 +90,23 @@ def _image_batches(images: np.ndarray, batch_size: int):
     yield {"image": images[start:start + batch_size].astype(np.float32) / 255.0}
 
 
-def reconstruct_split(config, autoencoder, ae_variables, network, mesh):
+def reconstruct_split(config, tokenizer: api.Tokenizer, network, mesh):
   """Usage, PSNR, reconstruction feature stats, tokens and labels over the eval split."""
   e = config.eval
-  codebook_size = config.quantizer.codebook_size
-  run = jax.jit(lambda v, x: autoencoder.apply(v, x, train=False))
-  usage = CodebookUsage(codebook_size)
+  usage = CodebookUsage(tokenizer.codebook_size)
   pool_stats = None
   psnrs, tokens, labels, recon_uint8 = [], [], [], []
   for batch in _split_batches(config, config.dataset.eval_split, e.num_images, mesh):
-    recon, q_out = run(ae_variables, batch["image"])
-    keep = distributed.host_array(batch["mask"])
-    indices = distributed.host_array(q_out.indices)[keep]
+    recon, q_out = tokenizer.reconstruct(batch["image"])
+    keep = parallel.host_array(batch["mask"])
+    indices = parallel.host_array(q_out.indices)[keep]
     usage.update(indices)
     tokens.append(indices)
-    labels.append(distributed.host_array(batch["label"])[keep])
-    originals = distributed.host_array(batch["image"])[keep]
-    recon = np.clip(distributed.host_array(recon)[keep], 0.0, 1.0)
+    labels.append(parallel.host_array(batch["label"])[keep])
+    originals = parallel.host_array(batch["image"])[keep]
+    recon = np.clip(parallel.host_array(recon)[keep], 0.0, 1.0)
     psnrs.append(psnr(originals, recon)[0])
-    recon_uint8.append(generate.to_uint8(recon))
+    recon_uint8.append(to_uint8(recon))
     out = next(features.iter_features(network, [{"image": recon}]))
     if pool_stats is None:
       pool_stats = fid.FeatureStats.empty(out["pool"].shape[1])
@@ -117,14 +116,13 @@ def reconstruct_split(config, autoencoder, ae_variables, network, mesh):
           "labels": np.concatenate(labels), "reconstructions": np.concatenate(recon_uint8)}
 
 
-def sampling_metrics(config, workdir, network, reference, reference_pool, mesh):
+def sampling_metrics(config, generator, network, reference, reference_pool):
   """Sampling FID, precision, recall and IS for every alpha of the CFG sweep."""
   e = config.eval
-  sampler = generate.Sampler(config, workdir)
   by_cfg, samples_by_cfg = {}, {}
   for alpha in e.cfg_sweep:
     start = time.time()
-    images, labels = generate.sample_many(sampler, num_images=e.num_sample_images,
+    images, labels = generate.sample_many(generator, num_images=e.num_sample_images,
                                           batch_size=config.sample.batch_size,
                                           cfg_alpha=alpha, seed=config.seed)
     outputs = list(features.iter_features(network, _image_batches(images, e.batch_size)))
@@ -142,19 +140,15 @@ def sampling_metrics(config, workdir, network, reference, reference_pool, mesh):
     samples_by_cfg[f"{alpha:g}"] = (images, labels)
     print(f"eval: cfg {alpha:g} ({time.time() - start:.0f} s): sampling FID {by_cfg[f'{alpha:g}']['fid']:.3f} "
           f"({network.name}), precision {precision:.3f}, recall {recall:.3f}", flush=True)
-  return sampler, by_cfg, samples_by_cfg
+  return by_cfg, samples_by_cfg
 
 
-def compression_metrics(config, sampler, tokens, labels):
+def compression_metrics(config, generator: api.Generator, tokens, labels):
   """Bits per token and per image of the eval token maps, and real range coding."""
   e = config.eval
-  layout = sampler.layout
-  side = sampler.side
-
-  @jax.jit
-  def logits_fn(input_tokens, class_labels):
-    logits = sampler.logits_fn(sampler.params, layout.build_input(input_tokens, class_labels))
-    return transformer_lib.image_logits(logits, layout)
+  layout = generator.layout
+  height, width = generator.grid
+  logits_fn = generator.logits
 
   n = min(e.compression_num_images, len(tokens))
   flat = tokens[:n].reshape(n, -1)
@@ -162,12 +156,12 @@ def compression_metrics(config, sampler, tokens, labels):
   for start in range(0, n, e.batch_size):
     b, _ = compression.compression_cost(
         logits_fn, flat[start:start + e.batch_size], labels[start:start + e.batch_size],
-        height=side, width=side, codebook_size=layout.codebook_size, mask_id=layout.mask_id)
+        height=height, width=width, codebook_size=layout.codebook_size, mask_id=layout.mask_id)
     bits.append(b)
   bits = np.concatenate(bits)
   m = min(e.range_coding_images, n)
   coded = compression.range_code_tokens(
-      logits_fn, flat[:m], labels[:m], height=side, width=side,
+      logits_fn, flat[:m], labels[:m], height=height, width=width,
       codebook_size=layout.codebook_size, mask_id=layout.mask_id) if m else None
   return {"compression_cost_bits_per_token": float(bits.sum() / flat.size),
           "compression_cost_bits_per_image": float(bits.mean()),
@@ -181,7 +175,7 @@ def compression_metrics(config, sampler, tokens, labels):
 def evaluate(config, workdir: str) -> dict:
   start = time.time()
   e = config.eval
-  mesh = distributed.make_mesh()
+  mesh = parallel.make_mesh()
   network = features.get_feature_network(
       e.feature_network, inception_weights=e.inception_weights,
       dataset_name=config.dataset.name, image_size=config.dataset.image_size,
@@ -191,19 +185,18 @@ def evaluate(config, workdir: str) -> dict:
   reference_pool = np.concatenate([out["pool"] for out in features.iter_features(
       network, _image_batches(reference_images, e.batch_size))])
 
-  autoencoder, ae_variables = stage1.load_tokenizer(config,
-                                                    stage2.stage1_workdir(config, workdir))
-  recon = reconstruct_split(config, autoencoder, ae_variables, network, mesh)
+  generator = api.Generator.from_workdir(workdir, config, mesh)
+  recon = reconstruct_split(config, generator.tokenizer, network, mesh)
   recon_fid = _fid_to_reference(recon["pool_stats"], reference)
   print(f"eval: ({time.time() - start:.0f} s) reconstruction FID {recon_fid:.3f}, PSNR {recon['psnr']:.2f} dB, usage "
         f"{recon['usage'].usage:.4f} ({recon['usage'].codes_used} of "
-        f"{config.quantizer.codebook_size} codes)", flush=True)
+        f"{generator.tokenizer.codebook_size} codes)", flush=True)
 
-  sampler, by_cfg, samples_by_cfg = sampling_metrics(config, workdir, network, reference,
-                                                     reference_pool, mesh)
+  by_cfg, samples_by_cfg = sampling_metrics(config, generator, network, reference,
+                                            reference_pool)
   best = min(by_cfg, key=lambda a: by_cfg[a]["fid"])
   costs_start = time.time()
-  costs = compression_metrics(config, sampler, recon["tokens"], recon["labels"])
+  costs = compression_metrics(config, generator, recon["tokens"], recon["labels"])
   print(f"eval: compression cost {costs['compression_cost_bits_per_token']:.3f} bits/token "
         f"(uniform {costs['uniform_bits_per_token']:.3f}) in {time.time() - costs_start:.0f} s",
         flush=True)
@@ -211,15 +204,16 @@ def evaluate(config, workdir: str) -> dict:
   q = config.quantizer
   results = {
       "quantizer": q.kind, "levels": list(q.levels) if q.kind == "fsq" else None,
-      "codebook_size": q.codebook_size, "dataset": config.dataset.name,
+      "codebook_size": factory.codebook_size(q), "dataset": config.dataset.name,
       "image_size": config.dataset.image_size,
       "stage1_steps": config.stage1.num_train_steps,
       "stage2_steps": config.stage2.num_train_steps,
-      "num_eval_images": int(recon["usage"].total // stage2.tokens_per_image(config)),
+      "num_eval_images": int(recon["usage"].total // factory.tokens_per_image(config)),
       "num_sample_images": e.num_sample_images, "fid_features": network.name,
       "fid_features_source": network.source, "fid_reference": reference_path,
       "recon_fid": recon_fid, "psnr": recon["psnr"], "usage": recon["usage"].usage,
       "codes_used": recon["usage"].codes_used,
+      "code_entropy_bits_per_token": recon["usage"].entropy_bits,
       "sampling_fid": by_cfg[best]["fid"], "best_cfg": float(best),
       "sampling_fid_by_cfg": {a: v["fid"] for a, v in by_cfg.items()},
       "sampling_sfid": by_cfg[best]["sfid"],
@@ -230,17 +224,21 @@ def evaluate(config, workdir: str) -> dict:
       **costs, "eval_seconds": time.time() - start,
   }
   if jax.process_index() == 0:
-    directory = os.path.join(workdir, "eval")
+    directory = workdir_lib.eval_dir(workdir)
     os.makedirs(directory, exist_ok=True)
     adm_npz.save_samples(os.path.join(directory, "reconstructions.npz"),
                          recon["reconstructions"], recon["labels"], overwrite=True)
     images, labels = samples_by_cfg[best]
     adm_npz.save_samples(os.path.join(directory, f"samples_cfg{best}.npz"), images, labels,
                          overwrite=True)
-    tmp = os.path.join(workdir, "results.json.tmp")
-    with open(tmp, "w") as f:
+    # results.json counts as complete only next to the config that computed it, so the old
+    # config goes before the new results and the new config after them.
+    config_path = os.path.join(directory, "config.json")
+    if os.path.exists(config_path):
+      os.remove(config_path)
+    with files.atomic_write(workdir_lib.results_path(workdir)) as f:
       json.dump(results, f, indent=1)
-    os.replace(tmp, os.path.join(workdir, "results.json"))
-    print(f"eval: wrote {os.path.join(workdir, 'results.json')} in "
+    workdir_lib.write_run_config(directory, config)
+    print(f"eval: wrote {workdir_lib.results_path(workdir)} in "
           f"{results['eval_seconds']:.0f} s", flush=True)
   return results

@@ -2,7 +2,7 @@
 
 Two networks share one interface: the FID Inception-v3 when its converted
 weights are found, else the offline classifier trained on the dataset's labels
-(fsq_repro.models.offline_features). Every result must record the network's
+(fsq_repro.eval.offline_network). Every result must record the network's
 `name` (results.json's `fid_features`): FIDs from different networks are not
 comparable.
 """
@@ -19,8 +19,8 @@ import numpy as np
 from fsq_repro.data import pipeline
 from fsq_repro.eval import fid
 from fsq_repro.models import inception
-from fsq_repro.models import offline_features
-from fsq_repro.train import distributed
+from fsq_repro.eval import offline_network as offline_lib
+from fsq_repro import parallel
 
 KINDS = ("auto", "inception", "offline")
 
@@ -68,9 +68,9 @@ def inception_network(weights_path: str) -> FeatureNetwork:
                         _bind_params(features, params))
 
 
-def offline_network(classifier: offline_features.TrainedClassifier) -> FeatureNetwork:
+def offline_network(classifier: offline_lib.TrainedClassifier) -> FeatureNetwork:
   """The trained offline classifier as a feature network."""
-  model = offline_features.OfflineClassifier(classifier.num_classes)
+  model = offline_lib.OfflineClassifier(classifier.num_classes)
 
   def features(params, images):
     return model.apply({"params": params}, to_uint8_levels(images) / 255.0)
@@ -83,7 +83,7 @@ def get_feature_network(kind: str = "auto", *, inception_weights: str | None = N
                         dataset_name: str = pipeline.EMBEDDED_DATASET,
                         image_size: int = 32, data_dir: str | None = None,
                         cache_dir: str | None = None,
-                        offline_steps: int = offline_features.DEFAULT_STEPS
+                        offline_steps: int = offline_lib.DEFAULT_STEPS
                         ) -> FeatureNetwork:
   """The feature network of `kind`, logged in one line.
 
@@ -113,7 +113,7 @@ def get_feature_network(kind: str = "auto", *, inception_weights: str | None = N
   if weights_path is not None:
     network = inception_network(weights_path)
   else:
-    network = offline_network(offline_features.load_or_train(
+    network = offline_network(offline_lib.load_or_train(
         cache_dir, dataset_name=dataset_name, image_size=image_size,
         steps=offline_steps, data_dir=data_dir))
   logging.info("FID features: %s (%s)", network.name, network.source)
@@ -129,9 +129,9 @@ def iter_features(feature_network: FeatureNetwork,
   every row.
   """
   for batch in batches:
-    outputs = jax.tree.map(distributed.host_array, feature_network.features(batch["image"]))
+    outputs = jax.tree.map(parallel.host_array, feature_network.features(batch["image"]))
     if "mask" in batch:
-      keep = distributed.host_array(batch["mask"]).astype(bool)
+      keep = parallel.host_array(batch["mask"]).astype(bool)
       outputs = {key: value[keep] for key, value in outputs.items()}
     yield outputs
 
@@ -156,8 +156,3 @@ def compute_statistics(
   if pool_stats is None:
     raise ValueError("batches is empty; pass at least one batch of images")
   return pool_stats, spatial_stats, np.concatenate(logits)
-
-
-def fid_from_stats(a: fid.FeatureStats, b: fid.FeatureStats) -> float:
-  """Frechet distance between the Gaussians fitted to two feature sets."""
-  return fid.frechet_distance(*a.mean_and_covariance(), *b.mean_and_covariance())

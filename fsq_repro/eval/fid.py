@@ -59,11 +59,10 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
 
 @dataclasses.dataclass
 class FeatureStats:
-  """Streaming, mergeable sufficient statistics of a feature set.
+  """Streaming sufficient statistics of a feature set.
 
   Holds the count, the float64 sum and the float64 sum of outer products, so
-  batches, devices and hosts can be accumulated in any order and combined by
-  addition (e.g. all-gather the three fields across hosts and `merge`).
+  batches can be accumulated in any order.
   """
   count: int
   feature_sum: np.ndarray  # float64 [dim]
@@ -88,16 +87,6 @@ class FeatureStats:
     self.count += features.shape[0]
     self.feature_sum += features.sum(axis=0)
     self.outer_sum += features.T @ features
-    return self
-
-  def merge(self, other: "FeatureStats") -> "FeatureStats":
-    """Adds another accumulator (batch, device or host); returns self."""
-    if other.dim != self.dim:
-      raise ValueError(f"cannot merge FeatureStats of dim {other.dim} into dim "
-                       f"{self.dim}")
-    self.count += other.count
-    self.feature_sum += other.feature_sum
-    self.outer_sum += other.outer_sum
     return self
 
   def mean_and_covariance(self) -> tuple[np.ndarray, np.ndarray]:

@@ -1,6 +1,6 @@
 """Exact codebook usage over an evaluation pass.
 
-Counts every code index seen, batch after batch, then across hosts. Codebooks up to
+Counts every code index seen, batch after batch. Codebooks up to
 2^26 codes keep a dense int64 count per code (512 MiB at 2^26); larger ones keep only
 the codes seen, as sorted (code, count) pairs.
 """
@@ -11,7 +11,7 @@ DENSE_LIMIT = 2**26
 
 
 class CodebookUsage:
-  """Mergeable exact counts of code indices."""
+  """Exact counts of code indices."""
 
   def __init__(self, codebook_size: int):
     if codebook_size < 1:
@@ -36,36 +36,6 @@ class CodebookUsage:
       self._add_sparse(codes, counts)
     return self
 
-  def merge(self, other: "CodebookUsage") -> "CodebookUsage":
-    if other.codebook_size != self.codebook_size:
-      raise ValueError(f"cannot merge usage of codebook sizes {self.codebook_size} and "
-                       f"{other.codebook_size}")
-    if self.dense:
-      self._counts += other._counts
-    else:
-      self._add_sparse(other._codes, other._code_counts)
-    return self
-
-  def merge_across_processes(self) -> "CodebookUsage":
-    """Sums the counts of every JAX process in place (a no-op with one process)."""
-    import jax
-    from jax.experimental import multihost_utils
-    if jax.process_count() == 1:
-      return self
-    if not self.dense:
-      raise ValueError(f"cross-host usage is supported up to {DENSE_LIMIT} codes; got "
-                       f"{self.codebook_size}")
-    gathered = multihost_utils.process_allgather(self._counts)
-    self._counts = np.asarray(gathered).reshape(-1, self.codebook_size).sum(axis=0)
-    return self
-
-  @property
-  def counts(self) -> np.ndarray:
-    """Dense per-code counts (only for codebooks that fit densely)."""
-    if not self.dense:
-      raise ValueError("counts of a sparse usage table are not dense; use code_counts()")
-    return self._counts
-
   def code_counts(self) -> tuple[np.ndarray, np.ndarray]:
     """(codes seen, their counts), sorted by code."""
     if self.dense:
@@ -85,6 +55,14 @@ class CodebookUsage:
   def usage(self) -> float:
     """Fraction of the |C| codes used at least once."""
     return self.codes_used / self.codebook_size
+
+  @property
+  def entropy_bits(self) -> float:
+    """Entropy of the empirical code distribution, in bits per token: what coding each token
+    independently of the others costs at best (the compression cost uses context)."""
+    _, counts = self.code_counts()
+    p = counts / counts.sum()
+    return float(-(p * np.log2(p)).sum())
 
   def _add_sparse(self, codes, counts):
     all_codes = np.concatenate([self._codes, codes])

@@ -10,13 +10,13 @@ after LPIPS's scaling layer, n() divides each spatial position by its channel L2
 (+1e-10), and w_l >= 0 are LPIPS's 1x1 "lin" weights (no bias). Images come in [0, 1] and are
 mapped to the [-1, 1] that LPIPS expects.
 
-Weights are not downloadable here: convert them once with `convert_lpips` (needs PyTorch)
-from torchvision's vgg16 `.pth` and LPIPS's `lpips/weights/v0.1/vgg.pth`, then point
-FSQ_LPIPS_WEIGHTS (or an explicit path) at the converted file.
+Weights are not downloadable here: convert them once (`scripts/convert_weights.py lpips`, needs
+PyTorch) from torchvision's vgg16 `.pth` and LPIPS's `lpips/weights/v0.1/vgg.pth`, then point
+FSQ_LPIPS_WEIGHTS (or stage1.perceptual_weights) at the converted file.
 """
 
 import os
-from typing import Any, Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -92,81 +92,30 @@ class LPIPS(nn.Module):
     return distance
 
 
-def params_from_torch_state_dicts(vgg_state_dict: Mapping[str, Any],
-                                  lpips_lin_state_dict: Mapping[str, Any]) -> dict:
-  """Converts torch state dicts (as numpy arrays) to `LPIPS` params.
-
-  vgg_state_dict: torchvision vgg16 keys `features.N.weight` (O, I, 3, 3) and
-  `features.N.bias`; other keys (the classifier) are ignored. lpips_lin_state_dict: LPIPS
-  v0.1 keys `lin{0..4}.model.1.weight` of shape (1, C, 1, 1). Torch and lax convolutions
-  are both cross-correlations, so kernels only change layout: OIHW -> HWIO.
-  """
-  vgg = {}
-  in_channels = 3
-  for stage in VGG16_STAGES:
-    for name, index, channels in stage:
-      kernel = _get_array(vgg_state_dict, f"features.{index}.weight",
-                          (channels, in_channels, 3, 3))
-      bias = _get_array(vgg_state_dict, f"features.{index}.bias", (channels,))
-      vgg[name] = {"kernel": kernel.transpose(2, 3, 1, 0), "bias": bias}
-      in_channels = channels
-  params = {"vgg": vgg}
-  for i, channels in enumerate(FEATURE_CHANNELS):
-    key = f"lin{i}.model.1.weight"
-    kernel = _get_array(lpips_lin_state_dict, key, (1, channels, 1, 1))
-    if np.any(kernel < 0):
-      raise ValueError(f"{key} has negative entries; LPIPS lin weights are non-negative, so "
-                       "this is not an LPIPS weight file")
-    params[f"lin{i}"] = {"kernel": kernel.transpose(2, 3, 1, 0)}
-  return params
-
-
-def _get_array(state_dict: Mapping[str, Any], key: str, shape: tuple) -> np.ndarray:
-  if key not in state_dict:
-    raise ValueError(f"state dict has no {key!r}; pass torchvision's vgg16 state dict and "
-                     "LPIPS v0.1 vgg.pth")
-  array = np.asarray(state_dict[key], np.float32)
-  if array.shape != shape:
-    raise ValueError(f"{key} has shape {array.shape}, expected {shape}")
-  return array
-
-
-def convert_lpips(vgg_pth: str, lin_pth: str, out: str) -> None:
-  """Reads torchvision's vgg16 .pth and LPIPS's v0.1 vgg.pth; writes our weight file."""
-  try:
-    import torch  # pylint: disable=import-outside-toplevel
-  except ImportError as e:
-    raise ImportError("convert_lpips reads PyTorch .pth files and needs torch: "
-                      "pip install torch (the CPU build is enough)") from e
-  vgg = torch.load(vgg_pth, map_location="cpu", weights_only=True)
-  lin = torch.load(lin_pth, map_location="cpu", weights_only=True)
-  params = params_from_torch_state_dicts({k: np.asarray(v) for k, v in vgg.items()},
-                                         {k: np.asarray(v) for k, v in lin.items()})
-  source = (f"torchvision vgg16 features ({os.path.basename(vgg_pth)}) + LPIPS v0.1 lin "
-            f"layers ({os.path.basename(lin_pth)})")
-  weights.save_params(out, params, network=NETWORK_NAME, source=source)
-
-
 def load_lpips_params(path: str) -> dict:
   """Reads a converted LPIPS-VGG16 weight file."""
   return weights.load_params(path, network=NETWORK_NAME)
 
 
 def find_perceptual_weights(path: str | None = None) -> str | None:
-  """The LPIPS weight file to use: `path`, else $FSQ_LPIPS_WEIGHTS; None if it does not exist."""
-  candidate = path or os.environ.get(WEIGHTS_ENV_VAR)
-  if candidate and os.path.isfile(candidate):
-    return candidate
+  """The LPIPS weight file to use: `path`, else $FSQ_LPIPS_WEIGHTS, else None.
+
+  A path that is given but is not a file is an error, never a silent "off".
+  """
+  for source, candidate in (("stage1.perceptual_weights", path),
+                            (f"${WEIGHTS_ENV_VAR}", os.environ.get(WEIGHTS_ENV_VAR))):
+    if candidate:
+      if not os.path.isfile(candidate):
+        raise ValueError(f"{source}={candidate!r} is not a file; convert the LPIPS weights "
+                         "with `python scripts/convert_weights.py lpips ...` and point it at "
+                         "the output, or leave it unset")
+      return candidate
   return None
 
 
-def perceptual_status(path: str | None = None) -> str:
+def perceptual_status(path: str | None) -> str:
   """One log line saying whether the perceptual loss is on, and why."""
-  found = find_perceptual_weights(path)
-  if found:
-    return f"perceptual loss: on (LPIPS-VGG16 weights from {found})"
-  candidate = path or os.environ.get(WEIGHTS_ENV_VAR)
-  if candidate:
-    return f"perceptual loss: off (no weights at {candidate})"
+  if path:
+    return f"perceptual loss: on (LPIPS-VGG16 weights from {path})"
   return (f"perceptual loss: off (no weight path given and ${WEIGHTS_ENV_VAR} is unset; "
-          "see fsq_repro.models.perceptual.convert_lpips)")
+          "see `python scripts/convert_weights.py lpips`)")

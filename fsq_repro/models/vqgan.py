@@ -16,22 +16,16 @@ levels [8, 5, 5, 5] and 54,433,667 with a 1024 x 256 VQ codebook (MaskGIT report
 tests/test_vqgan.py recomputes both with jax.eval_shape.
 """
 
-import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from fsq_repro.models import cpu_conv
 from fsq_repro.quantizers.interface import QuantizerOutput
 
 IMAGE_CHANNELS = 3
-
-
-def count_params(params) -> int:
-  """Number of scalars in a parameter tree; works on jax.eval_shape's abstract trees too."""
-  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(params))
 
 
 def group_norm(num_groups: int, channels: int, dtype: Any, name: str | None = None):
@@ -44,85 +38,11 @@ def group_norm(num_groups: int, channels: int, dtype: Any, name: str | None = No
                       name=name)
 
 
-def _conv(features: int, kernel: int, use_bias: bool, dtype: Any, name: str | None = None):
+def _conv(features: int, kernel: int, use_bias: bool, dtype: Any, kernel_gradient: str,
+          name: str | None = None):
   return nn.Conv(features, (kernel, kernel), use_bias=use_bias, dtype=dtype,
-                 param_dtype=jnp.float32, conv_general_dilated=conv_general_dilated,
-                 name=name)
-
-
-_NHWC = ("NHWC", "HWIO", "NHWC")
-
-
-def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
-                         rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
-                         precision=None, preferred_element_type=None):
-  """`lax.conv_general_dilated`; on CPU, stride-1 'SAME' NHWC convolutions get their kernel
-  gradient as one matmul per kernel tap.
-
-  XLA:CPU runs a kernel gradient as another convolution whose feature depth is the batch
-  size: at 128 px and 128 channels, 11 GFLOP per CPU second against 43 for the matmuls
-  (and ~70 for the forward pass). The forward pass and the input gradient stay XLA's own,
-  so outputs are unchanged and kernel gradients differ by float32 round-off only.
-  """
-  plain = functools.partial(
-      jax.lax.conv_general_dilated, window_strides=window_strides, padding=padding,
-      lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-      dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
-      precision=precision, preferred_element_type=preferred_element_type)
-  same_nhwc = (
-      jax.default_backend() == "cpu" and lhs.ndim == 4 and padding == "SAME"
-      and tuple(window_strides) == (1, 1) and feature_group_count == 1
-      and preferred_element_type is None
-      and all(d is None or tuple(d) == (1, 1) for d in (lhs_dilation, rhs_dilation))
-      and dimension_numbers == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC))
-  return _same_conv(lhs, rhs, precision) if same_nhwc else plain(lhs, rhs)
-
-
-def _xla_same_conv(x, kernel, precision):
-  return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=_NHWC,
-                                      precision=precision)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _same_conv(x, kernel, precision):
-  return _xla_same_conv(x, kernel, precision)
-
-
-def _same_conv_forward(x, kernel, precision):
-  return _xla_same_conv(x, kernel, precision), (x, kernel)
-
-
-def _same_conv_backward(precision, residuals, grad):
-  x, kernel = residuals
-  _, input_vjp = jax.vjp(lambda x: _xla_same_conv(x, kernel, precision), x)
-  return input_vjp(grad)[0], _kernel_gradient(x, grad, kernel.shape, precision)
-
-
-_same_conv.defvjp(_same_conv_forward, _same_conv_backward)
-
-
-def _kernel_gradient(x, grad, kernel_shape, precision):
-  """d loss / d kernel of a 'SAME' convolution, accumulated in float32: for each tap, x
-  shifted by it and flattened to (B*H*W, C), transposed, times grad (B*H*W, O).
-
-  The taps run one after another in a loop, so only one shifted copy of x is alive at a
-  time (as separate ops, XLA:CPU would keep all of them: twice the step's memory).
-  """
-  kh, kw, channels, features = kernel_shape
-  batch, height, width = x.shape[:3]
-  padded = jnp.pad(x, ((0, 0), ((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2), (0, 0)))
-  grad = grad.reshape(-1, features)
-
-  def add_tap(tap, kernel_grad):
-    shifted = jax.lax.dynamic_slice(padded, (0, tap // kw, tap % kw, 0),
-                                    (batch, height, width, channels))
-    return kernel_grad.at[tap].set(jnp.matmul(
-        shifted.reshape(-1, channels).T, grad, precision=precision,
-        preferred_element_type=jnp.float32))
-
-  taps = jax.lax.fori_loop(0, kh * kw, add_tap,
-                           jnp.zeros((kh * kw, channels, features), jnp.float32))
-  return taps.reshape(kernel_shape).astype(x.dtype)
+                 param_dtype=jnp.float32,
+                 conv_general_dilated=cpu_conv.KERNEL_GRADIENTS[kernel_gradient], name=name)
 
 
 def _downsample(x: jax.Array) -> jax.Array:
@@ -139,18 +59,21 @@ class ResBlock(nn.Module):
   filters: int
   num_groups: int = 32
   dtype: Any = jnp.float32
+  kernel_gradient: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
+    conv = lambda features, kernel, **kw: _conv(features, kernel, False, self.dtype,
+                                                self.kernel_gradient, **kw)
     residual = x
     x = group_norm(self.num_groups, x.shape[-1], self.dtype)(x)
     x = nn.swish(x)
-    x = _conv(self.filters, 3, False, self.dtype)(x)
+    x = conv(self.filters, 3)(x)
     x = group_norm(self.num_groups, self.filters, self.dtype)(x)
     x = nn.swish(x)
-    x = _conv(self.filters, 3, False, self.dtype)(x)
+    x = conv(self.filters, 3)(x)
     if residual.shape[-1] != self.filters:
-      residual = _conv(self.filters, 1, False, self.dtype, name="shortcut")(residual)
+      residual = conv(self.filters, 1, name="shortcut")(residual)
     return x + residual
 
 
@@ -168,12 +91,14 @@ class Encoder(nn.Module):
   num_groups: int = 32
   dtype: Any = jnp.float32
   remat: bool = False
+  kernel_gradient: str = "auto"  # cpu_conv.KERNEL_GRADIENTS
 
   @nn.compact
   def __call__(self, images: jax.Array) -> jax.Array:
-    block = lambda width, name: _res_block(self.remat)(width, self.num_groups, self.dtype,
-                                                       name=name)
-    x = _conv(self.filters, 3, False, self.dtype, name="conv_in")(images)
+    block = lambda width, name: _res_block(self.remat)(
+        width, self.num_groups, self.dtype, self.kernel_gradient, name=name)
+    conv = lambda *args, **kw: _conv(*args, self.dtype, self.kernel_gradient, **kw)
+    x = conv(self.filters, 3, False, name="conv_in")(images)
     last = len(self.channel_multipliers) - 1
     for level, multiplier in enumerate(self.channel_multipliers):
       for i in range(self.num_res_blocks):
@@ -185,7 +110,7 @@ class Encoder(nn.Module):
       x = block(width, f"mid_block{i}")(x)
     x = group_norm(self.num_groups, width, self.dtype, name="norm_out")(x)
     x = nn.swish(x)
-    return _conv(self.latent_dim, 1, True, self.dtype, name="conv_out")(x)
+    return conv(self.latent_dim, 1, True, name="conv_out")(x)
 
 
 class Decoder(nn.Module):
@@ -196,13 +121,15 @@ class Decoder(nn.Module):
   num_groups: int = 32
   dtype: Any = jnp.float32
   remat: bool = False
+  kernel_gradient: str = "auto"  # cpu_conv.KERNEL_GRADIENTS
 
   @nn.compact
   def __call__(self, latents: jax.Array) -> jax.Array:
-    block = lambda width, name: _res_block(self.remat)(width, self.num_groups, self.dtype,
-                                                       name=name)
+    block = lambda width, name: _res_block(self.remat)(
+        width, self.num_groups, self.dtype, self.kernel_gradient, name=name)
+    conv = lambda *args, **kw: _conv(*args, self.dtype, self.kernel_gradient, **kw)
     width = self.filters * self.channel_multipliers[-1]
-    x = _conv(width, 3, True, self.dtype, name="conv_in")(latents)
+    x = conv(width, 3, True, name="conv_in")(latents)
     for i in range(self.num_res_blocks):
       x = block(width, f"mid_block{i}")(x)
     for level in reversed(range(len(self.channel_multipliers))):
@@ -211,10 +138,10 @@ class Decoder(nn.Module):
         x = block(width, f"level{level}_block{i}")(x)
       if level > 0:
         x = _upsample(x)
-        x = _conv(width, 3, True, self.dtype, name=f"level{level}_upsample_conv")(x)
+        x = conv(width, 3, True, name=f"level{level}_upsample_conv")(x)
     x = group_norm(self.num_groups, width, self.dtype, name="norm_out")(x)
     x = nn.swish(x)
-    return _conv(IMAGE_CHANNELS, 3, True, self.dtype, name="conv_out")(x)
+    return conv(IMAGE_CHANNELS, 3, True, name="conv_out")(x)
 
 
 class Autoencoder(nn.Module):
@@ -222,7 +149,8 @@ class Autoencoder(nn.Module):
 
   The encoder ends in `quantizer.latent_dim` channels. Its output is cast to float32 before
   the quantizer, so quantization runs in float32 whatever `dtype` the convolutions use.
-  Reconstructions are returned in float32. `remat` recomputes each residual block's
+  Reconstructions are returned in float32. `kernel_gradient` names how convolutions compute
+  their kernel gradients (`cpu_conv.KERNEL_GRADIENTS`). `remat` recomputes each residual block's
   activations in the backward pass instead of storing them (same parameters and results;
   less memory, one more forward pass of compute).
   """
@@ -233,12 +161,13 @@ class Autoencoder(nn.Module):
   num_groups: int = 32
   dtype: Any = jnp.float32
   remat: bool = False
+  kernel_gradient: str = "auto"  # cpu_conv.KERNEL_GRADIENTS
 
   def setup(self):
     _validate_architecture(self.filters, self.channel_multipliers, self.num_res_blocks)
     shared = dict(filters=self.filters, channel_multipliers=tuple(self.channel_multipliers),
                   num_res_blocks=self.num_res_blocks, num_groups=self.num_groups,
-                  dtype=self.dtype, remat=self.remat)
+                  dtype=self.dtype, remat=self.remat, kernel_gradient=self.kernel_gradient)
     self.encoder = Encoder(latent_dim=self.quantizer.latent_dim, **shared)
     self.decoder = Decoder(**shared)
 

@@ -10,16 +10,16 @@ import os
 import flax.serialization
 import numpy as np
 
+from fsq_repro import files
+
 
 def save_params(path: str, params, *, network: str, source: str) -> None:
   """Writes `params` (a nested dict of arrays) and provenance to `path`."""
   tree = {"params": params, "meta": {"network": network, "source": source}}
   data = flax.serialization.msgpack_serialize(
       flax.serialization.to_state_dict(_to_numpy(tree)))
-  tmp = path + ".tmp"
-  with open(tmp, "wb") as f:
+  with files.atomic_write(path, "wb") as f:
     f.write(data)
-  os.replace(tmp, path)
 
 
 def load_params(path: str, *, network: str):

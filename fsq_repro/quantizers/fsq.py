@@ -107,11 +107,6 @@ class FSQ:
     digits = (indices // self._basis) % np.asarray(self.levels, np.int32)
     return (digits.astype(jnp.float32) - self._half_width) / self._half_width
 
-  @property
-  def implicit_codebook(self) -> jax.Array:
-    """All |C| codes, shape (|C|, d). Built on request only: it can be huge."""
-    return self.indices_to_codes(jnp.arange(self.codebook_size, dtype=jnp.int32))
-
   def __call__(self, z: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Returns (codes in z's dtype, int32 indices) for z of shape (..., d)."""
     if z.shape[-1] != self.num_dimensions:

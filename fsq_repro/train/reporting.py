@@ -78,15 +78,3 @@ def _duration(seconds: float) -> str:
     return "?"
   seconds = int(seconds)
   return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
-
-
-def image_grid(images: np.ndarray, columns: int = 8) -> np.ndarray:
-  """(N, H, W, C) in [0, 1] -> one (rows*H, columns*W, C) uint8 grid."""
-  images = np.clip(np.asarray(images, np.float32), 0, 1)
-  n, h, w, c = images.shape
-  rows = math.ceil(n / columns)
-  grid = np.zeros((rows * h, columns * w, c), np.float32)
-  for i, image in enumerate(images):
-    r, col = divmod(i, columns)
-    grid[r * h:(r + 1) * h, col * w:(col + 1) * w] = image
-  return (grid * 255 + 0.5).astype(np.uint8)

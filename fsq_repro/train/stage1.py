@@ -9,11 +9,9 @@ The generator runs forward once per step; the discriminator step reuses its outp
 
 import dataclasses
 import functools
-import os
 from typing import Any
 
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -21,40 +19,12 @@ import numpy as np
 import optax
 from clu import parameter_overview
 
-from fsq_repro import config_lib
+from fsq_repro import parallel
+from fsq_repro import images as images_lib
 from fsq_repro.data import pipeline
-from fsq_repro.models import discriminator as discriminator_lib
-from fsq_repro.models import perceptual
-from fsq_repro.models import vqgan
-from fsq_repro.quantizers import FiniteScalarQuantizer, VectorQuantizer, split_unused_codes
-from fsq_repro.train import checkpointing, distributed, loop, losses, reporting
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-def build_quantizer(q: ml_collections.ConfigDict) -> nn.Module:
-  if q.kind == "fsq":
-    return FiniteScalarQuantizer(levels=tuple(q.levels), eps=q.eps, variant=q.variant)
-  return VectorQuantizer(codebook_size=q.codebook_size, codebook_dim=q.codebook_dim,
-                         commitment_cost=q.commitment_cost,
-                         entropy_loss_weight=q.entropy_loss_weight,
-                         entropy_temperature=q.entropy_temperature,
-                         track_usage=q.split_every_steps > 0)
-
-
-def build_autoencoder(config) -> vqgan.Autoencoder:
-  m = config.model
-  return vqgan.Autoencoder(quantizer=build_quantizer(config.quantizer), filters=m.filters,
-                           channel_multipliers=tuple(m.channel_multipliers),
-                           num_res_blocks=m.num_res_blocks, num_groups=m.num_groups,
-                           dtype=DTYPES[m.dtype], remat=m.remat)
-
-
-def build_discriminator(config) -> discriminator_lib.Discriminator:
-  return discriminator_lib.Discriminator(
-      image_size=config.dataset.image_size,
-      channel_multiplier=config.model.disc_channel_multiplier,
-      max_filters=config.model.disc_max_filters, dtype=DTYPES[config.model.dtype])
+from fsq_repro.models import factory, perceptual
+from fsq_repro.quantizers import split_unused_codes
+from fsq_repro.train import loop, losses
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,9 +80,12 @@ def create_train_state(rng, *, autoencoder, discriminator, optimizer, image_size
       lecam_ema=(jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)))
 
 
-def train_step(state: Stage1State, batch, lpips_params, rng, *, autoencoder, discriminator,
+def train_step(state: Stage1State, batch, rng, lpips_params, *, autoencoder, discriminator,
                lpips, optimizer, loss_config: LossConfig):
-  """One generator update, then one discriminator update; returns (state, float32 metrics)."""
+  """One generator update, then one discriminator update; returns (state, float32 metrics).
+
+  `lpips_params`: the frozen perceptual network's parameters ({} when the loss is off).
+  """
   lc = loss_config
   images = batch["image"]
   mutable = list(state.quantizer_state)
@@ -199,96 +172,54 @@ def _split_codebook(g_params, quantizer_state, step, rng, every):
   return g_params, {"vq_usage": {"quantizer": {"counts": counts}}}
 
 
-def stage_dir(workdir: str) -> str:
-  return os.path.join(workdir, "stage1")
+def setup(config: ml_collections.ConfigDict) -> loop.Setup:
+  """Stage I's networks, losses, optimizer and data, for the shared trainer skeleton."""
+  s = config.stage1
+  lpips_path = perceptual.find_perceptual_weights(s.perceptual_weights)
+  status = perceptual.perceptual_status(lpips_path)
+  autoencoder = factory.build_tokenizer(config)
+  discriminator = factory.build_discriminator(config)
+  optimizer = make_optimizer(s)
+  local_batch = parallel.per_process_batch_size(s.batch_size)
+
+  def batches(start_step):
+    for batch in pipeline.create_split(
+        config.dataset.name, config.dataset.train_split, batch_size=local_batch,
+        image_size=config.dataset.image_size, train=True, seed=config.seed,
+        start_step=start_step, data_dir=config.dataset.data_dir):
+      yield {"image": batch["image"]}
+
+  reconstruct = jax.jit(lambda variables, x: autoencoder.apply(variables, x, train=False)[0])
+
+  def log_reconstructions(step, state, batch, reporter):
+    if step % s.image_every_steps == 0 or step == s.num_train_steps:
+      originals = batch["image"][:8]
+      recon = reconstruct({"params": state.ema_params, **state.quantizer_state}, originals)
+      grid = images_lib.image_grid(np.concatenate([parallel.host_array(originals),
+                                                  parallel.host_array(recon)]))
+      reporter.images(step, {"originals_and_ema_reconstructions": grid[None]})
+
+  def summary(state):
+    if int(state.step) == 0:
+      parameter_overview.log_parameter_overview(state.g_params)
+    return (f"{status}\nstage1: {factory.count_params(state.g_params):,} generator and "
+            f"{factory.count_params(state.d_params):,} discriminator parameters")
+
+  rng = jax.random.key(config.seed)
+  return loop.Setup(
+      name="stage1",
+      init=functools.partial(create_train_state, autoencoder=autoencoder,
+                             discriminator=discriminator, optimizer=optimizer,
+                             image_size=config.dataset.image_size),
+      train_step=functools.partial(
+          train_step, autoencoder=autoencoder, discriminator=discriminator,
+          lpips=perceptual.LPIPS(), optimizer=optimizer,
+          loss_config=LossConfig.from_config(config, perceptual_on=bool(lpips_path))),
+      batches=batches, init_rng=rng, step_rng=jax.random.fold_in(rng, 1), summary=summary,
+      frozen=perceptual.load_lpips_params(lpips_path) if lpips_path else {},
+      on_step=log_reconstructions, run_info={"perceptual_loss": status})
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Stage1State:
   """Trains Stage I into `workdir`/stage1, resuming from its newest checkpoint."""
-  directory = stage_dir(workdir)
-  s = config.stage1
-  mesh = distributed.make_mesh()
-  lpips_path = perceptual.find_perceptual_weights(s.perceptual_weights)
-  status = perceptual.perceptual_status(s.perceptual_weights)
-  lpips_params = perceptual.load_lpips_params(lpips_path) if lpips_path else {}
-  loss_config = LossConfig.from_config(config, perceptual_on=bool(lpips_path))
-  local_batch = distributed.per_process_batch_size(s.batch_size)
-  data = functools.partial(pipeline.create_split, config.dataset.name,
-                           config.dataset.train_split, batch_size=local_batch,
-                           image_size=config.dataset.image_size, train=True, seed=config.seed,
-                           data_dir=config.dataset.data_dir)
-  pipeline.num_examples(config.dataset.name, config.dataset.train_split,
-                        data_dir=config.dataset.data_dir)  # fails early on unknown datasets
-
-  rng = jax.random.key(config.seed)
-  autoencoder, discriminator, optimizer, init, abstract_state, shardings = \
-      abstract_train_state(config, mesh)
-  checkpointer = checkpointing.Checkpointer(os.path.join(directory, "checkpoints"),
-                                            every_steps=s.checkpoint_every_steps,
-                                            keep=s.keep_checkpoints)
-  state = checkpointer.restore_or_init(
-      lambda: jax.jit(init, out_shardings=shardings)(rng), abstract_state)
-  start_step = int(state.step)
-  reporter = reporting.Reporter(directory, num_train_steps=s.num_train_steps,
-                                start_step=start_step)
-  _write_run_config(directory, config, status)
-  reporter.text(status)
-  if start_step == 0:
-    parameter_overview.log_parameter_overview(state.g_params)
-  reporter.text(f"stage1: {vqgan.count_params(state.g_params):,} generator and "
-                f"{vqgan.count_params(state.d_params):,} discriminator parameters; "
-                f"{jax.device_count()} devices, {jax.process_count()} processes; "
-                f"steps {start_step} -> {s.num_train_steps}")
-
-  step_fn = jax.jit(
-      functools.partial(train_step, autoencoder=autoencoder, discriminator=discriminator,
-                        lpips=perceptual.LPIPS(), optimizer=optimizer, loss_config=loss_config),
-      out_shardings=(shardings, distributed.replicated(mesh)), donate_argnums=0)
-  reconstruct = jax.jit(lambda params, x: autoencoder.apply(
-      {"params": params, **state.quantizer_state}, x, train=False)[0])
-
-  def log_reconstructions(step, state, batch):
-    if step % s.image_every_steps == 0 or step == s.num_train_steps:
-      originals = batch["image"][:8]
-      recon = reconstruct(state.ema_params, originals)
-      grid = reporting.image_grid(np.concatenate([distributed.host_array(originals),
-                                                  distributed.host_array(recon)]))
-      reporter.images(step, {"originals_and_ema_reconstructions": grid[None]})
-
-  batches = distributed.prefetch_to_device(
-      ({"image": b["image"]} for b in data(start_step=start_step)), mesh)
-  return loop.run(state, step_fn=lambda st, b, r: step_fn(st, b, lpips_params, r),
-                  batches=batches, rng=jax.random.fold_in(rng, 1), start_step=start_step,
-                  num_steps=s.num_train_steps, log_every=s.log_every_steps,
-                  checkpointer=checkpointer, reporter=reporter, name="stage1",
-                  on_step=log_reconstructions)
-
-
-def _write_run_config(directory: str, config, perceptual_status: str) -> None:
-  if jax.process_index() == 0:
-    config_lib.write_run_config(directory, config, perceptual_loss=perceptual_status)
-
-
-def abstract_train_state(config, mesh):
-  """(autoencoder, discriminator, optimizer, init_fn, abstract state with shardings, shardings)."""
-  autoencoder, discriminator = build_autoencoder(config), build_discriminator(config)
-  optimizer = make_optimizer(config.stage1)
-  init = functools.partial(create_train_state, autoencoder=autoencoder,
-                           discriminator=discriminator, optimizer=optimizer,
-                           image_size=config.dataset.image_size)
-  abstract, shardings = distributed.abstract_state(init, jax.random.key(config.seed), mesh,
-                                                   config.mesh)
-  return autoencoder, discriminator, optimizer, init, abstract, shardings
-
-
-def load_tokenizer(config, workdir: str):
-  """The trained EMA autoencoder of `workdir`/stage1: (autoencoder, variables)."""
-  directory = os.path.join(stage_dir(workdir), "checkpoints")
-  if not checkpointing.finished_steps(directory):
-    raise FileNotFoundError(f"no Stage I checkpoint in {directory}; run --mode=stage1 first "
-                            "or set --config.stage1_workdir")
-  autoencoder, _, _, _, abstract_state, _ = abstract_train_state(config, distributed.make_mesh())
-  checkpointer = checkpointing.Checkpointer(directory, every_steps=1, keep=1)
-  state = checkpointer.restore_or_init(None, abstract_state)
-  checkpointer.close()
-  return autoencoder, {"params": state.ema_params, **state.quantizer_state}
+  return loop.train(setup(config), config, workdir)

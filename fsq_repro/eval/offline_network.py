@@ -28,13 +28,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from fsq_repro import files
 from fsq_repro.data import pipeline
 from fsq_repro.models import weights
 
 # Bump the version whenever the architecture or the training recipe changes:
 # it names the network, so FIDs from different networks are never mixed.
 ARCHITECTURE = "offline_cnn_v1"
-CACHE_ENV_VAR = "FSQ_CACHE_DIR"
 WIDTHS = (32, 64, 128)  # Channels of the three conv blocks; pool is 128-d.
 # sFID's features: block 2's output average-pooled over 4x4 windows, all 64
 # channels (2x2x64 = 256-d at 32 px). Keeping a few channels at full
@@ -180,11 +180,6 @@ def classification_accuracy(params, *, dataset_name: str = pipeline.EMBEDDED_DAT
   return correct / total, total
 
 
-def default_cache_dir() -> str:
-  """$FSQ_CACHE_DIR, else ~/.cache/fsq_repro."""
-  return os.environ.get(CACHE_ENV_VAR) or os.path.expanduser("~/.cache/fsq_repro")
-
-
 def load_or_train(cache_dir: str | None = None, *,
                   dataset_name: str = pipeline.EMBEDDED_DATASET,
                   image_size: int = 32, steps: int = DEFAULT_STEPS, seed: int = 0,
@@ -199,10 +194,9 @@ def load_or_train(cache_dir: str | None = None, *,
   recipe = Recipe(dataset_name, image_size, steps, seed)
   recipe.check()
   num_classes = pipeline.num_classes(dataset_name, data_dir=data_dir)
-  directory = os.path.join(cache_dir or default_cache_dir(), "offline_features")
+  directory = os.path.join(cache_dir or files.cache_dir(), "offline_features")
   path = os.path.join(directory, recipe.network_name + ".msgpack")
-  # The data pipeline's lock: one process trains, the others wait and load.
-  with pipeline._file_lock(path + ".lock"):  # pylint: disable=protected-access
+  with files.file_lock(path + ".lock"):  # one process trains, the others wait and load
     cached = _load_cached(path, recipe, num_classes)
     if cached is not None:
       return cached
@@ -267,10 +261,8 @@ def _train_and_save(path: str, recipe: Recipe, num_classes: int, data_dir) -> Tr
       f"fsq_repro {ARCHITECTURE} trained on {recipe.dataset_name} train labels, "
       f"validation accuracy {accuracy:.4f}"))
   # The record goes last: a crash before it leaves an entry that is retrained.
-  record_tmp = _record_path(path) + ".tmp"
-  with open(record_tmp, "w") as f:
+  with files.atomic_write(_record_path(path)) as f:
     json.dump(record, f, indent=2)
-  os.replace(record_tmp, _record_path(path))
   classifier = TrainedClassifier(recipe.network_name, params, num_classes, accuracy,
                                  record, path, trained_now=True)
   logging.info("%s", classifier.source)

@@ -1,4 +1,4 @@
-"""Devices, mesh and shardings: one place for everything multi-device and multi-host.
+"""Devices, mesh, shardings and host gathers: everything multi-device and multi-host.
 
 A single "data" mesh axis spans every device of every process. Batches are sharded over
 it; parameters are replicated, or with FSDP sharded along their largest divisible axis.
@@ -107,16 +107,6 @@ def per_process_batch_size(global_batch_size: int) -> int:
   return global_batch_size // jax.process_count()
 
 
-def bytes_per_device(tree) -> dict[str, int]:
-  """Bytes of `tree`'s arrays held on each device (to compare FSDP with replication)."""
-  totals: dict[str, int] = {}
-  for leaf in jax.tree.leaves(tree):
-    for shard in leaf.addressable_shards:
-      key = str(shard.device)
-      totals[key] = totals.get(key, 0) + shard.data.nbytes
-  return totals
-
-
 def abstract_bytes_per_device(abstract_tree) -> int:
   """Bytes of the largest share one device will hold of a tree of sharded ShapeDtypeStructs."""
   return sum(int(np.prod(leaf.sharding.shard_shape(leaf.shape), dtype=np.int64))
@@ -139,3 +129,15 @@ def host_array(x) -> np.ndarray:
     from jax.experimental import multihost_utils
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
   return np.asarray(x)
+
+
+def local_rows(array: jax.Array) -> np.ndarray:
+  """This process's rows of a batch-sharded global array, in order, as numpy."""
+  shards = sorted(array.addressable_shards, key=lambda s: s.index[0].start or 0)
+  rows, seen = [], set()
+  for shard in shards:
+    start = shard.index[0].start or 0
+    if start not in seen:  # replicas of the same rows on other local devices
+      seen.add(start)
+      rows.append(np.asarray(shard.data))
+  return np.concatenate(rows)
