@@ -6,9 +6,12 @@ the arguments name) and set only what differs. `validate` runs before any compil
 raises ValueError with one line that names the field and the fix.
 """
 
+import importlib.util
+
 import ml_collections
 
 from fsq_repro.models import cpu_conv, factory, perceptual
+from fsq_repro.train import masking
 from fsq_repro.quantizers import fsq as fsq_lib
 
 
@@ -35,6 +38,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.quantizer.entropy_loss_weight = 0.1
   c.quantizer.entropy_temperature = 0.01
   c.quantizer.split_every_steps = 0  # VQ: UViM-style splitting of unused codes; 0 = off
+  # VQ: the entropy loss's statistics over groups of this many examples (MaskGIT computed
+  # them per device under pmap, so over its per-core batch); 0 = the global batch, the better
+  # estimator and the paper configs' choice: MaskGIT's per-core batch is not published.
+  c.quantizer.entropy_group_size = 0
 
   c.model = ml_collections.ConfigDict()  # Stage I networks
   c.model.name = "maskgit_vqgan"  # factory.TOKENIZERS
@@ -59,6 +66,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.stage1.reconstruction_weight = 1.0
   c.stage1.generator_weight = 0.1
   c.stage1.r1_weight = 10.0
+  # MaskGIT's perceptual loss: ResNet-50 feature maps, weight 0.1 (models/perceptual.py).
+  # "lpips" is LPIPS-VGG16; "none" trains without one. The weights are a converted file.
+  c.stage1.perceptual_loss = "resnet50"
   c.stage1.perceptual_weight = 0.1
   c.stage1.perceptual_weights = ml_collections.FieldReference(None, field_type=str)
   c.stage1.lecam_weight = 0.0
@@ -91,6 +101,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.stage2.label_smoothing = 0.1
   c.stage2.min_mask_fraction = 0.45  # the FSQ paper's lower bound on the masked fraction
   c.stage2.label_drop_rate = 0.1  # CFG: class token replaced by MASK
+  # MaskGIT's libml/losses.py: each example's mean over its masked tokens, then the batch
+  # mean ("token": the mean over every masked token of the batch).
+  c.stage2.loss_reduction = "per_example"
+  # "online": MAGVIT's trainer tokenizes every freshly augmented batch with the frozen EMA
+  # tokenizer inside the step; "precomputed": one pass of the train split into token shards.
+  c.stage2.tokens = "online"
+  # A workdir whose Stage II parameters start this run (e.g. a converted official MaskGIT,
+  # scripts/convert_weights.py maskgit): fine-tuning, with a fresh optimizer.
+  c.stage2.init_from = ml_collections.FieldReference(None, field_type=str)
   c.stage2.log_every_steps = 100
   c.stage2.checkpoint_every_steps = 5000
   c.stage2.keep_checkpoints = 3
@@ -118,6 +137,20 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh.fsdp = False  # shard large parameters over the data axis
   c.mesh.fsdp_min_size = 2**18  # parameters with fewer elements stay replicated
   return c
+
+
+def config_module(path: str):
+  """The Python module of a config file (configs/*.py), loaded from its path."""
+  spec = importlib.util.spec_from_file_location("config_file", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """The config of "path.py" or "path.py:arguments", as main's --config reads it."""
+  path, _, arg = spec.partition(":")
+  return config_module(path).get_config(arg or None)
 
 
 def parse_args(arg: str | None, allowed: dict) -> dict:
@@ -188,7 +221,12 @@ def validate(config, *, num_devices: int, stage: str) -> None:
   elif q.codebook_size is None or q.codebook_size < 2 or q.codebook_dim < 1:
     raise ValueError(f"quantizer.codebook_size={q.codebook_size} and codebook_dim="
                      f"{q.codebook_dim} must be >= 2 and >= 1 for VQ")
-  for field, registry in (("model.name", factory.TOKENIZERS),
+  elif q.entropy_group_size and config.stage1.batch_size % q.entropy_group_size:
+    raise ValueError(f"quantizer.entropy_group_size={q.entropy_group_size} must divide "
+                     f"stage1.batch_size={config.stage1.batch_size}; or 0 for the whole batch")
+  for field, registry in (("stage2.tokens", ("online", "precomputed")),
+                          ("stage2.loss_reduction", masking.REDUCTIONS),
+                          ("model.name", factory.TOKENIZERS),
                           ("stage2.model", factory.TRANSFORMERS),
                           ("model.dtype", factory.DTYPES), ("stage2.dtype", factory.DTYPES),
                           ("model.kernel_gradient", cpu_conv.KERNEL_GRADIENTS)):
@@ -200,8 +238,8 @@ def validate(config, *, num_devices: int, stage: str) -> None:
   if size % factor:
     raise ValueError(f"dataset.image_size={size} must be divisible by the downsampling factor "
                      f"{factor} of model.channel_multipliers")
-  if stage == "stage1":  # a weight path that is given (config or environment) must exist
-    perceptual.find_perceptual_weights(config.stage1.perceptual_weights)
+  if stage == "stage1":  # the perceptual loss asked for must have its weights
+    perceptual.check_available(config.stage1.perceptual_loss, config.stage1.perceptual_weights)
   stage_config = config[stage] if stage in config else None
   if stage_config is not None and "batch_size" in stage_config:
     batch = stage_config.batch_size

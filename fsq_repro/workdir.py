@@ -158,6 +158,12 @@ def check_compatible(config, mode: str, workdir: str, *, allow_config_change: bo
       check_same_run(eval_dir(workdir), config, "eval")
   for stage in earlier:
     check_earlier_stage(config, workdir, stage, compare=not allow_config_change)
+  source = config.stage2.init_from
+  if mode == "stage2" and source and not checkpoints.finished_steps(
+      checkpoint_dir(source, "stage2")):
+    raise FileNotFoundError(f"stage2.init_from={source!r} holds no Stage II checkpoint in "
+                            f"{checkpoint_dir(source, 'stage2')}; give a trained or converted "
+                            "run directory")
 
 
 def is_complete(config, mode: str, workdir: str) -> bool:

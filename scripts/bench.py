@@ -30,7 +30,7 @@ also go to stderr as one JSON line as soon as they are measured.
 
 import argparse
 import functools
-import importlib.util
+import tempfile
 import json
 import math
 import os
@@ -43,10 +43,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fsq_repro import api, parallel
+from fsq_repro import api, config_lib, parallel
 from fsq_repro.data import tokens as tokens_lib
 from fsq_repro.eval import compression, features
-from fsq_repro.models import factory, inception
+from fsq_repro.models import factory, inception, perceptual, resnet, weights
 from fsq_repro.train import loop, stage1, stage2
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,11 +57,7 @@ CFG_ALPHA = 0.2
 
 
 def load_config(name: str, dtype: str, batch_size: int | None):
-  path = os.path.join(ROOT, "configs", f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = config_lib.load_config(os.path.join(ROOT, "configs", f"{name}.py"))
   config.model.dtype = config.stage2.dtype = dtype
   if batch_size:  # the paper's batches do not fit a CPU; the demo keeps its own
     for section in (config.stage1, config.stage2, config.sample, config.eval):
@@ -191,8 +187,27 @@ def compiled_train_step(setup, abstract, shardings, mesh, args):
   return loop.make_train_step(setup.train_step, shardings, mesh).lower(abstract, *args).compile()
 
 
+def synthetic_perceptual_loss(config):
+  """The config's perceptual loss with synthetic weights of the real shapes, or None."""
+  kind = config.stage1.perceptual_loss
+  if kind == "none":
+    return None
+  if kind == "lpips":
+    network, name = perceptual.LPIPS(), perceptual.NETWORK_NAME
+    images = jnp.zeros((1, 64, 64, 3))
+    abstract = jax.eval_shape(network.init, jax.random.key(0), images, images)
+  else:
+    network, name = resnet.ResNet50(), "resnet50_magvit"
+    abstract = jax.eval_shape(network.init, jax.random.key(0), jnp.zeros((1, 224, 224, 3)))
+  with tempfile.TemporaryDirectory() as directory:
+    path = os.path.join(directory, "weights.msgpack")
+    weights.save_params(path, jax.device_get(synthetic_state(abstract["params"])),
+                        network=name, source="synthetic (bench.py)")
+    return perceptual.load(kind, path)
+
+
 def bench_stage1(config, mesh, steps: int) -> dict:
-  setup = stage1.setup(config)
+  setup = stage1.setup(config, perceptual_loss=synthetic_perceptual_loss(config))
   abstract, shardings = parallel.abstract_state(setup.init, setup.init_rng, mesh, config.mesh)
   b, size = config.stage1.batch_size, config.dataset.image_size
   images = np.random.default_rng(1).random((b, size, size, 3), np.float32)
@@ -204,13 +219,14 @@ def bench_stage1(config, mesh, steps: int) -> dict:
     # a loop over the kernel taps: the same model's FLOPs are counted with XLA's own form.
     xla = config.copy_and_resolve_references()
     xla.model.kernel_gradient = "xla"
-    compiled = compiled_train_step(stage1.setup(xla), abstract, shardings, mesh, args)
+    compiled = compiled_train_step(stage1.setup(xla, synthetic_perceptual_loss(xla)), abstract,
+                                   shardings, mesh, args)
     return compiled_summary(compiled)["flops_per_step_per_device"]
 
   report = train_step_report(loop.make_train_step(setup.train_step, shardings, mesh),
                              synthetic_state(abstract), args, batch_size=b, steps=steps,
                              count_flops=count_flops)
-  return {"image_size": size, "perceptual_loss": bool(setup.frozen), **report}
+  return {"image_size": size, "perceptual_loss": config.stage1.perceptual_loss, **report}
 
 
 def token_layout(config):
@@ -230,17 +246,32 @@ def random_token_batches(config, layout, batch_size: int, seed: int) -> tokens_l
 def stage2_setup(config, seed: int = 2):
   layout = token_layout(config)
   batches = random_token_batches(config, layout, config.stage2.batch_size, seed)
-  return stage2.setup(config, layout, batches), batches
+  return stage2.setup(config, layout, token_batches=batches), batches
 
 
 def bench_stage2(config, mesh, steps: int) -> dict:
+  """The step on precomputed token maps, and with online tokens: the frozen tokenizer codes
+  the batch's images inside the step (stage2.tokens="online", the paper configs')."""
   setup, batches = stage2_setup(config)
   abstract, shardings = parallel.abstract_state(setup.init, setup.init_rng, mesh, config.mesh)
-  batch = parallel.global_batch(batches.batch(0), mesh)
-  report = train_step_report(loop.make_train_step(setup.train_step, shardings, mesh),
-                             synthetic_state(abstract), (batch, jax.random.key(2), ()),
-                             batch_size=config.stage2.batch_size, steps=steps)
-  return {"tokens_per_image": factory.tokens_per_image(config), **report}
+  batch = batches.batch(0)
+  b = config.stage2.batch_size
+  report = {"tokens_per_image": factory.tokens_per_image(config)}
+  report["precomputed"] = train_step_report(
+      loop.make_train_step(setup.train_step, shardings, mesh), synthetic_state(abstract),
+      (parallel.global_batch(batch, mesh), jax.random.key(2), ()), batch_size=b, steps=steps)
+  tokenizer = synthetic_generator(config, mesh).tokenizer
+  online = stage2.setup(config, token_layout(config), tokenizer=tokenizer)
+  size = config.dataset.image_size
+  images = np.random.default_rng(3).random((b, size, size, 3), np.float32)
+  image_batch = parallel.global_batch({"image": images, "label": batch["label"]}, mesh)
+  report["online"] = train_step_report(
+      loop.make_train_step(online.train_step, shardings, mesh), synthetic_state(abstract),
+      (image_batch, jax.random.key(2), online.frozen), batch_size=b, steps=steps)
+  if "step_s" in report["online"] and "step_s" in report["precomputed"]:
+    report["online_over_precomputed_step_s"] = (report["online"]["step_s"]
+                                                / report["precomputed"]["step_s"])
+  return report
 
 
 def synthetic_generator(config, mesh) -> api.Generator:
@@ -308,7 +339,8 @@ def bench_state_memory(config, num_devices: int) -> dict:
     config = config.copy_and_resolve_references()
     config.mesh.fsdp = fsdp
     name = "fsdp" if fsdp else "replicated"
-    for stage, setup in (("stage1", stage1.setup(config)), ("stage2", stage2_setup(config)[0])):
+    for stage, setup in (("stage1", stage1.setup(config, perceptual_loss=None)),
+                         ("stage2", stage2_setup(config)[0])):
       abstract, _ = parallel.abstract_state(setup.init, setup.init_rng, mesh, config.mesh)
       report[f"{stage}_{name}_bytes_per_device"] = parallel.abstract_bytes_per_device(abstract)
   for stage in ("stage1", "stage2"):
@@ -396,14 +428,14 @@ def main():
   # process, which takes out the time other processes held the cores.
   peak = {key: max(first_peak[key], last_peak[key]) for key in first_peak}
   for report in configs.values():
-    for part in ("stage1", "stage2"):
-      if part in report:
-        r = report[part]
-        if "skipped" in r:
-          continue
-        r["mfu"] = r["flops_per_s_per_device"] / peak["flops_per_s"]
-        if "flops_per_cpu_s" in r:
-          r["mfu_per_cpu_second"] = r["flops_per_cpu_s"] / peak["flops_per_cpu_s"]
+    step_reports = [report.get("stage1")] + [report.get("stage2", {}).get(kind)
+                                             for kind in ("precomputed", "online")]
+    for r in step_reports:
+      if r is None or "skipped" in r:
+        continue
+      r["mfu"] = r["flops_per_s_per_device"] / peak["flops_per_s"]
+      if "flops_per_cpu_s" in r:
+        r["mfu_per_cpu_second"] = r["flops_per_cpu_s"] / peak["flops_per_cpu_s"]
   results["matmul_peak"] = {"flops_per_s_per_device": peak["flops_per_s"],
                             "dtype": args.dtype, "n": size, "start": first_peak,
                             "end": last_peak}

@@ -15,7 +15,6 @@ so rerunning a sweep continues it. --run reruns a stage that exits with the pree
 
 import argparse
 import fnmatch
-import importlib.util
 import json
 import os
 import shlex
@@ -24,7 +23,7 @@ import sys
 import time
 from typing import Callable, NamedTuple
 
-from fsq_repro import files
+from fsq_repro import config_lib, files
 from fsq_repro.checkpoints import PREEMPTED_EXIT_CODE
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,9 +45,7 @@ def load_sweep(config_file: str) -> list[dict]:
   if not os.path.isfile(config_file):
     raise ValueError(f"--config={config_file} is not a file; pass a config such as "
                      "configs/tradeoff_128.py")
-  spec = importlib.util.spec_from_file_location("sweep_config", config_file)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = config_lib.config_module(config_file)
   if not hasattr(module, "get_sweep"):
     raise ValueError(f"--config={config_file} has no get_sweep(); use a config that defines one")
   runs = module.get_sweep()

@@ -10,7 +10,7 @@ import tempfile
 # Programs that tests compile more than once (the same train step in a resumed run, in a
 # subprocess) come from one session-wide JAX compilation cache there too.
 CACHE_ROOT = tempfile.mkdtemp(prefix="fsq_repro_tests_")
-for _name in ("FSQ_INCEPTION_WEIGHTS", "FSQ_LPIPS_WEIGHTS"):
+for _name in ("FSQ_INCEPTION_WEIGHTS", "FSQ_LPIPS_WEIGHTS", "FSQ_RESNET50_WEIGHTS"):
   os.environ.pop(_name, None)
 os.environ["FSQ_CACHE_DIR"] = os.path.join(CACHE_ROOT, "fsq_repro")
 os.environ["FSQ_DATA_DIR"] = os.path.join(CACHE_ROOT, "tfds")

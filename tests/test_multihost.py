@@ -15,7 +15,6 @@ process: usage counts and tokens must be equal, FID statistics equal up to round
 The training and evaluation runs take minutes and are marked slow (`make test-slow`).
 """
 
-import importlib.util
 import json
 import os
 import socket
@@ -28,7 +27,7 @@ import jax
 import numpy as np
 import pytest
 
-from fsq_repro import checkpoints, parallel
+from fsq_repro import checkpoints, config_lib, parallel
 from fsq_repro import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,20 +55,17 @@ CONFIG = textwrap.dedent("""
 """)
 
 REFERENCE_RUN = textwrap.dedent("""
-    import importlib.util, os, shutil, sys
+    import os, shutil, sys
     import jax
     jax.config.update("jax_num_cpu_devices", 2)
     import numpy as np
-    from fsq_repro import api
+    from fsq_repro import api, config_lib
     from fsq_repro import workdir as workdir_lib
     from fsq_repro.data import extract, pipeline
     from fsq_repro.train import stage1, stage2
 
     config_path, workdir, two_process_tokens = sys.argv[1:4]
-    spec = importlib.util.spec_from_file_location("config", config_path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = config_lib.load_config(config_path)
     read_slice = pipeline.create_split
 
     def both_slices(*args, batch_size, **kwargs):
@@ -89,20 +85,17 @@ REFERENCE_RUN = textwrap.dedent("""
 
 
 EVAL_RUN = textwrap.dedent("""
-    import importlib.util, sys
+    import sys
     import jax
     import numpy as np
-    from fsq_repro import api, parallel
+    from fsq_repro import api, config_lib, parallel
     from fsq_repro.eval import evaluate, features
 
     config_path, workdir, out, address = sys.argv[1:5]
     num_processes, process_id = int(sys.argv[5]), int(sys.argv[6])
     if num_processes > 1:
       parallel.initialize(address, num_processes, process_id)
-    spec = importlib.util.spec_from_file_location("config", config_path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = config_lib.load_config(config_path)
     # A fixed random projection stands in for the feature network: same data flow, no
     # classifier to train.
     projection = np.random.default_rng(0).standard_normal((16 * 16 * 3, 8), np.float32)
@@ -205,10 +198,7 @@ def process_tokens(directory, process: int) -> np.ndarray:
 
 
 def load_config(path):
-  spec = importlib.util.spec_from_file_location("tiny_multihost", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return config_lib.load_config(str(path))
 
 
 def final_state(workdir, stage):

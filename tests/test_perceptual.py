@@ -10,7 +10,7 @@ import pytest
 
 from fsq_repro.converters import lpips as lpips_converter
 from fsq_repro.converters import torch_files
-from fsq_repro.models import perceptual
+from fsq_repro.models import perceptual, weights
 from fsq_repro.models.perceptual import LPIPS
 from scripts import convert_weights
 
@@ -159,22 +159,45 @@ def test_reading_torch_files_without_torch_says_what_to_install(monkeypatch):
 
 
 def test_weight_lookup_and_status_line(tmp_path, monkeypatch):
-  monkeypatch.delenv(perceptual.WEIGHTS_ENV_VAR, raising=False)
+  monkeypatch.delenv(perceptual.WEIGHTS_ENV_VARS["lpips"], raising=False)
   present = tmp_path / "lpips.msgpack"
   present.write_bytes(b"x")
   missing = str(tmp_path / "nothing_here.msgpack")
-  assert perceptual.find_perceptual_weights(str(present)) == str(present)
-  assert perceptual.find_perceptual_weights(None) is None
+  assert perceptual.find_weights("lpips", str(present)) == str(present)
+  assert perceptual.find_weights("lpips", None) is None
   # A path that is given but missing is an error, never a silent "off".
   with pytest.raises(ValueError, match=f"stage1.perceptual_weights='{missing}' is not a file"):
-    perceptual.find_perceptual_weights(missing)
-  assert perceptual.perceptual_status(str(present)).startswith("perceptual loss: on")
-  assert "FSQ_LPIPS_WEIGHTS is unset" in perceptual.perceptual_status(None)
-  monkeypatch.setenv(perceptual.WEIGHTS_ENV_VAR, str(present))
-  assert perceptual.find_perceptual_weights(None) == str(present)
+    perceptual.find_weights("lpips", missing)
+  monkeypatch.setenv(perceptual.WEIGHTS_ENV_VARS["lpips"], str(present))
+  assert perceptual.find_weights("lpips", None) == str(present)
   other = tmp_path / "other.msgpack"
   other.write_bytes(b"y")
-  assert perceptual.find_perceptual_weights(str(other)) == str(other)  # an explicit path wins
-  monkeypatch.setenv(perceptual.WEIGHTS_ENV_VAR, missing)
+  assert perceptual.find_weights("lpips", str(other)) == str(other)  # an explicit path wins
+  monkeypatch.setenv(perceptual.WEIGHTS_ENV_VARS["lpips"], missing)
   with pytest.raises(ValueError, match=r"\$FSQ_LPIPS_WEIGHTS="):
-    perceptual.find_perceptual_weights(None)
+    perceptual.find_weights("lpips", None)
+  assert perceptual.status(None) == "perceptual loss: off (stage1.perceptual_loss='none')"
+
+
+def test_a_perceptual_loss_without_weights_says_how_to_get_them(monkeypatch):
+  monkeypatch.delenv(perceptual.WEIGHTS_ENV_VARS["resnet50"], raising=False)
+  with pytest.raises(ValueError) as error:
+    perceptual.check_available("resnet50")
+  message = str(error.value)
+  assert "stage1.perceptual_loss='resnet50' needs its ImageNet weights" in message
+  assert "scripts/convert_weights.py resnet50 --torch=" in message
+  assert "--config.stage1.perceptual_loss=none" in message and "\n" not in message
+  perceptual.check_available("none")
+  assert perceptual.load("none") is None
+  with pytest.raises(ValueError, match="stage1.perceptual_loss='vgg' is unknown"):
+    perceptual.check_available("vgg")
+
+
+def test_lpips_loss_is_the_batch_mean_distance(tmp_path, params):
+  path = str(tmp_path / "lpips.msgpack")
+  weights.save_params(path, params, network=perceptual.NETWORK_NAME, source="test")
+  loss = perceptual.load("lpips", path)
+  assert loss.kind == "lpips" and path in perceptual.status(loss)
+  x, y = random_images(4, 2), random_images(5, 2)
+  np.testing.assert_allclose(loss.distance(loss.params, x, y),
+                             np.mean(LPIPS().apply({"params": params}, x, y)), rtol=1e-6)

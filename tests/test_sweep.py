@@ -1,6 +1,5 @@
 """scripts/sweep.py and the figure configs' get_sweep(): commands, filters, manifest, run loop."""
 
-import importlib.util
 import json
 import math
 import os
@@ -20,10 +19,7 @@ FIGURE3_BITS = (4, 6, 8, 9, 10, 11, 12, 14, 16)
 
 
 def load_config_module(path):
-  spec = importlib.util.spec_from_file_location("config_under_test", os.path.join(REPO, path))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return config_lib.config_module(os.path.join(REPO, path))
 
 
 def print_commands(capsys, *argv):
@@ -122,7 +118,11 @@ def test_tpu_needs_a_zone(capsys):
 
 
 @pytest.mark.parametrize("config_file", CONFIG_FILES)
-def test_every_sweep_entry_builds_a_valid_config_matching_its_name(config_file):
+def test_every_sweep_entry_builds_a_valid_config_matching_its_name(config_file, tmp_path,
+                                                                  monkeypatch):
+  weights = tmp_path / "resnet50.msgpack"  # the paper configs' perceptual loss needs a file
+  weights.write_bytes(b"")
+  monkeypatch.setenv("FSQ_RESNET50_WEIGHTS", str(weights))
   module = load_config_module(config_file)
   runs = module.get_sweep()
   assert len({r["name"] for r in runs}) == len(runs)

@@ -6,17 +6,19 @@ EMA ramp, LeCam, the perceptual term, the weight-decay mask, bfloat16 compute, t
 extraction and the Stage II batches.
 """
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from fsq_repro import api, parallel
+from fsq_repro import api, checkpoints, parallel
 from fsq_repro import workdir as workdir_lib
 from fsq_repro.data import extract, pipeline
 from fsq_repro.data import tokens as tokens_lib
-from fsq_repro.models import factory, perceptual, weights
+from fsq_repro.models import factory, perceptual, resnet, weights
 from fsq_repro.train import loop, stage1, stage2
 from tiny_configs import tiny_config
 
@@ -121,31 +123,58 @@ def test_lecam_enters_the_discriminator_loss_with_its_moving_averages(plain_run)
     assert m["lecam_loss"] >= 0
 
 
-@pytest.mark.slow  # compiles VGG16's gradient: a minute on two cores
-def test_perceptual_loss_is_on_with_weights_and_weighted_into_the_generator_loss(tmp_path):
-  """With a weight file, the step adds perceptual_weight * LPIPS(reconstructions, images)."""
-  images = jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32)
-  abstract = jax.eval_shape(perceptual.LPIPS().init, jax.random.key(0), images, images)
+def synthetic_perceptual_weights(kind, directory):
+  """A weight file of random weights of the real names and shapes for perceptual loss `kind`."""
   rng = np.random.default_rng(1)
-  lpips_params = jax.tree.map(
-      lambda a: np.abs(rng.normal(0, 0.05, a.shape)).astype(np.float32), abstract["params"])
-  path = str(tmp_path / "lpips.msgpack")
-  weights.save_params(path, lpips_params, network=perceptual.NETWORK_NAME, source="test")
+  if kind == "lpips":
+    images = jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32)
+    abstract = jax.eval_shape(perceptual.LPIPS().init, jax.random.key(0), images, images)
+    network = perceptual.NETWORK_NAME
+  else:
+    images = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
+    abstract = jax.eval_shape(resnet.ResNet50().init, jax.random.key(0), images)
+    network = "resnet50_magvit"
+  def synthetic(path, a):  # kernels scaled by fan-in, so 50 layers neither vanish nor blow up
+    name = jax.tree_util.keystr(path)
+    if name.endswith(("['var']", "['scale']")):
+      return np.ones(a.shape, np.float32)
+    if name.startswith("['lin"):  # LPIPS's 1x1 "lin" layers weigh distances: positive
+      return np.abs(rng.normal(0, 0.05, a.shape)).astype(np.float32)
+    if name.endswith("['kernel']"):
+      fan_in = int(np.prod(a.shape[:-1]))
+      return (rng.normal(0, 1, a.shape) / np.sqrt(fan_in)).astype(np.float32)
+    return rng.normal(0, 0.05, a.shape).astype(np.float32)
+
+  params = jax.tree_util.tree_map_with_path(synthetic, abstract["params"])
+  path = os.path.join(directory, f"{kind}.msgpack")
+  weights.save_params(path, params, network=network, source="synthetic test weights")
+  return path
+
+
+@pytest.mark.slow  # compiles VGG16's or ResNet-50's gradient: minutes on two cores
+@pytest.mark.parametrize("kind", ["resnet50", "lpips"])
+def test_perceptual_loss_is_on_with_weights_and_weighted_into_the_generator_loss(tmp_path, kind):
+  """The paper's recipe (resnet50) or LPIPS: the step adds perceptual_weight times the
+  loss's distance between the step's reconstructions and images."""
   config = tiny_config()
   config.stage1.generator_weight = 0.0
-  config.stage1.perceptual_weights = path
+  config.stage1.perceptual_loss = kind
+  config.stage1.perceptual_weights = synthetic_perceptual_weights(kind, str(tmp_path))
   setup = stage1.setup(config)
-  assert setup.run_info["perceptual_loss"].startswith("perceptual loss: on")
+  assert setup.run_info["perceptual_loss"].startswith(f"perceptual loss: {kind} (")
   initial, _, metrics = run_steps(setup, image_batches(1))
   m = metrics[0]
   np.testing.assert_allclose(m["generator_loss"], m["reconstruction_loss"]
                              + m["quantizer_loss"] + 0.1 * m["perceptual_loss"], rtol=1e-6)
-  # The term is LPIPS of the step's reconstructions (by the parameters before the update).
+  assert m["perceptual_loss"] > 0
+  # The term is the distance of the step's reconstructions (by the parameters before the
+  # update) from the images.
   autoencoder = factory.build_tokenizer(config)
   recon, _ = autoencoder.apply({"params": initial.g_params, **initial.quantizer_state},
                                IMAGES[0], train=True)
-  expected = perceptual.LPIPS().apply({"params": lpips_params}, recon, IMAGES[0]).mean()
-  np.testing.assert_allclose(m["perceptual_loss"], expected, rtol=1e-4)
+  loss = perceptual.load(kind, config.stage1.perceptual_weights)
+  np.testing.assert_allclose(m["perceptual_loss"], loss.distance(loss.params, recon, IMAGES[0]),
+                             rtol=1e-4)
 
 
 @pytest.mark.slow  # one more Stage I compile
@@ -170,7 +199,7 @@ def stage2_setup(config, num_maps=32):
   tokens = rng.integers(0, layout.codebook_size, (num_maps, factory.tokens_per_image(config)))
   labels = rng.integers(0, 8, (num_maps,))
   batches = tokens_lib.TokenBatches(tokens, labels, global_batch_size=8, seed=0)
-  return stage2.setup(config, layout, batches), batches
+  return stage2.setup(config, layout, token_batches=batches), batches
 
 
 @pytest.mark.slow  # two Stage II compiles; test_transformer checks bfloat16 in the fast suite
@@ -311,3 +340,76 @@ def test_stage2_job_extracts_through_the_tokenizer_and_api_loads_the_run(tmp_pat
                                   jnp.arange(2, dtype=jnp.int32), jax.random.key(0),
                                   jnp.float32(0.0))
   np.testing.assert_array_equal(traced_zero, images)
+
+
+def random_tokenizer(config):
+  """An api.Tokenizer of the config's Stage I network with random weights."""
+  model = factory.build_tokenizer(config)
+  size = config.dataset.image_size
+  variables = jax.jit(lambda x: model.init(RNG, x, train=False))(
+      jnp.zeros((1, size, size, 3), jnp.float32))
+  return api.Tokenizer(config, model, variables)
+
+
+def test_online_tokens_train_as_the_same_tokens_precomputed():
+  """stage2.tokens="online": the step codes the batch's images with the frozen tokenizer and
+  trains exactly as on those codes given as token maps."""
+  config = tiny_config()
+  precomputed_setup, _ = stage2_setup(config)  # sets the tiny Stage II sizes on `config`
+  tokenizer = random_tokenizer(config)
+  images, labels = IMAGES[0], np.arange(8) % 8
+  tokens = np.asarray(tokenizer.encode(images)).reshape(8, -1)
+  layout = factory.token_layout(config, num_classes=8)
+  online = stage2.setup(config, layout, tokenizer=tokenizer)
+  precomputed = stage2.setup(
+      config, layout, token_batches=tokens_lib.TokenBatches(tokens, labels, global_batch_size=8,
+                                                            seed=0))
+  del precomputed_setup
+  _, online_states, online_metrics = run_steps(online, [{"image": images, "label": labels}])
+  _, states, metrics = run_steps(precomputed, [{"tokens": tokens, "label": labels}])
+  assert len(np.unique(tokens)) > 3
+  for key in metrics[0]:
+    np.testing.assert_allclose(online_metrics[0][key], metrics[0][key], rtol=1e-6, err_msg=key)
+  for a, b in zip(jax.tree.leaves(online_states[0].params), jax.tree.leaves(states[0].params)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_init_from_starts_from_another_runs_transformer(tmp_path):
+  config = tiny_config()
+  setup, _ = stage2_setup(config)
+  fresh = jax.jit(setup.init)(RNG)
+  source = jax.tree.map(lambda x: np.asarray(x) + 1.0, jax.device_get(fresh.params))
+  checkpointer = checkpoints.Checkpointer(workdir_lib.checkpoint_dir(str(tmp_path), "stage2"),
+                                          every_steps=1, keep=1)
+  checkpointer.save(9, {"step": np.int32(9), "params": source}, force=True)
+  checkpointer.close()
+  config.stage2.init_from = str(tmp_path)
+  setup, _ = stage2_setup(config)
+  started = setup.start_from(jax.jit(setup.init)(RNG))
+  for a, b in zip(jax.tree.leaves(started.params), jax.tree.leaves(source)):
+    np.testing.assert_array_equal(a, b)
+  assert int(started.step) == 0  # a new run, with a fresh optimizer
+  for a, b in zip(jax.tree.leaves(started.opt_state), jax.tree.leaves(fresh.opt_state)):
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow  # Stage I, then three Stage II runs
+def test_online_tokens_resume_bitwise(tmp_path):
+  config = tiny_config()
+  config.stage1.num_train_steps = 1
+  config.dataset.train_split = "train[:5%]"
+  s = config.stage2
+  s.tokens = "online"
+  s.hidden_size, s.num_layers, s.num_heads, s.mlp_dim = 16, 1, 2, 32
+  s.batch_size, s.num_train_steps, s.warmup_steps, s.log_every_steps = 8, 4, 1, 1
+  s.checkpoint_every_steps = 2
+  stage1.train_and_evaluate(config, str(tmp_path / "straight"))
+  straight = stage2.train_and_evaluate(config, str(tmp_path / "straight"))
+  assert not os.path.exists(workdir_lib.token_dir(str(tmp_path / "straight")))  # no shards
+  config.stage1_workdir = str(tmp_path / "straight")
+  s.num_train_steps = 2
+  stage2.train_and_evaluate(config, str(tmp_path / "resumed"))
+  s.num_train_steps = 4
+  resumed = stage2.train_and_evaluate(config, str(tmp_path / "resumed"))
+  for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
+    np.testing.assert_array_equal(a, b)

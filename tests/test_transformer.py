@@ -206,32 +206,51 @@ def test_drop_labels_rate():
     masking.drop_labels(jax.random.key(1), tokens, 99, 1.1)
 
 
-def reference_smoothed_loss(logits, targets, mask, smoothing):
+def reference_smoothed_loss(logits, targets, mask, smoothing, reduction):
   logits, targets, mask = (np.asarray(x, np.float64) for x in (logits, targets, mask))
   k = logits.shape[-1]
   log_probs = logits - np.log(np.sum(np.exp(logits), -1, keepdims=True))
   target_dist = (1 - smoothing) * np.eye(k)[targets.astype(int)] + smoothing / k
   per_token = -np.sum(target_dist * log_probs, -1)
-  return np.sum(per_token * mask) / np.sum(mask)
+  if reduction == "token":
+    return np.sum(per_token * mask) / np.sum(mask)
+  return np.mean(np.sum(per_token * mask, -1) / np.maximum(np.sum(mask, -1), 1))
 
 
-def test_masked_cross_entropy_only_counts_masked_tokens():
-  loss_fn = jax.jit(masking.masked_cross_entropy, static_argnums=3)
+@pytest.mark.parametrize("reduction", ["per_example", "token"])
+def test_masked_cross_entropy_only_counts_masked_tokens(reduction):
+  loss_fn = jax.jit(masking.masked_cross_entropy, static_argnums=(3, 4))
   rng = np.random.default_rng(0)
   logits = jnp.asarray(rng.normal(size=(2, 6, 8)) * 3, jnp.float32)
   targets = jnp.asarray(rng.integers(0, 8, (2, 6)))
   mask = jnp.asarray(rng.random((2, 6)) < 0.5).at[0, 0].set(True).at[0, 1].set(False)
-  loss = loss_fn(logits, targets, mask, 0.1)
-  np.testing.assert_allclose(loss, reference_smoothed_loss(logits, targets, mask, 0.1),
+  loss = loss_fn(logits, targets, mask, 0.1, reduction)
+  np.testing.assert_allclose(loss, reference_smoothed_loss(logits, targets, mask, 0.1, reduction),
                              rtol=1e-5)
-  np.testing.assert_allclose(loss_fn(logits, targets, mask, 0.0),
-                             reference_smoothed_loss(logits, targets, mask, 0.0), rtol=1e-5)
+  np.testing.assert_allclose(loss_fn(logits, targets, mask, 0.0, reduction),
+                             reference_smoothed_loss(logits, targets, mask, 0.0, reduction),
+                             rtol=1e-5)
   noise = jnp.asarray(rng.normal(size=logits.shape) * 10, jnp.float32)
   at_unmasked = jnp.where(mask[..., None], logits, logits + noise)
-  np.testing.assert_array_equal(loss_fn(at_unmasked, targets, mask, 0.1), loss)
+  np.testing.assert_array_equal(loss_fn(at_unmasked, targets, mask, 0.1, reduction), loss)
   at_masked = logits.at[0, 0].add(noise[0, 0])
-  assert loss_fn(at_masked, targets, mask, 0.1) != loss
-  assert loss_fn(logits, targets, jnp.zeros_like(mask), 0.1) == 0.0
+  assert loss_fn(at_masked, targets, mask, 0.1, reduction) != loss
+  assert loss_fn(logits, targets, jnp.zeros_like(mask), 0.1, reduction) == 0.0
+
+
+def test_per_example_reduction_weighs_examples_equally_by_hand():
+  """Two codes, uniform logits: every token costs log 2; example 0 has one masked token whose
+  target is certain (cost 0 with logits +-inf), example 1 three at log 2 each."""
+  big = 30.0
+  logits = jnp.zeros((2, 3, 2)).at[0, 0].set(jnp.array([big, -big]))
+  targets = jnp.zeros((2, 3), jnp.int32)
+  mask = jnp.array([[True, False, False], [True, True, True]])
+  per_example = masking.masked_cross_entropy(logits, targets, mask, 0.0, "per_example")
+  token = masking.masked_cross_entropy(logits, targets, mask, 0.0, "token")
+  np.testing.assert_allclose(per_example, (0 + np.log(2)) / 2, atol=1e-6)
+  np.testing.assert_allclose(token, 3 * np.log(2) / 4, atol=1e-6)
+  with pytest.raises(ValueError, match="reduction"):
+    masking.masked_cross_entropy(logits, targets, mask, 0.0, "mean")
 
 
 def test_make_training_inputs():

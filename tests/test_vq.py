@@ -3,8 +3,10 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from fsq_repro.quantizers import FiniteScalarQuantizer, VectorQuantizer, entropy_loss, split_unused_codes
+from fsq_repro.quantizers.vq import grouped_entropy_loss
 
 CODEBOOK = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]], np.float32)
 Z = np.array([[[0.1, -0.1], [0.9, 0.3]], [[0.2, 1.4], [-0.5, 0.0]]], np.float32)
@@ -116,3 +118,29 @@ def test_both_quantizers_share_the_interface():
     assert out.loss.shape == () and set(out.stats) >= {"codes_used_in_batch", "perplexity"}
     decoded = q.apply(variables, out.indices, method="decode_indices")
     np.testing.assert_allclose(decoded, zq, atol=1e-6)
+
+
+def test_entropy_statistics_over_groups_of_examples_by_hand():
+  """Example 0 prefers code 0, example 1 code 1 (p = 3/4 each): over the batch the mean
+  assignment is uniform (entropy log 2); per example it is (3/4, 1/4) each."""
+  t = 0.01
+  d = np.array([[[0.0, t * np.log(3.0)]] * 2, [[t * np.log(3.0), 0.0]] * 2], np.float32)
+  h = -(0.75 * np.log(0.75) + 0.25 * np.log(0.25))
+  batch = h - (-2 * 0.5 * np.log(0.5 + 1e-5))
+  per_example = h - (-(0.75 * np.log(0.75 + 1e-5) + 0.25 * np.log(0.25 + 1e-5)))
+  for group_size, expected in ((0, batch), (2, batch), (1, per_example)):
+    np.testing.assert_allclose(grouped_entropy_loss(jnp.asarray(d), t, group_size), expected,
+                               rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="entropy_group_size=3 does not divide"):
+    grouped_entropy_loss(jnp.asarray(d), t, 3)
+  # In the layer: statistics per group of 1 example of (2, 1, 2, d) latents.
+  z = np.array([[[[0.1, 0.0], [0.9, 0.1]]], [[[0.0, 1.9], [1.0, 0.1]]]], np.float32)
+  grouped = VectorQuantizer(3, 2, entropy_loss_weight=1.0, entropy_group_size=1)
+  whole = VectorQuantizer(3, 2, entropy_loss_weight=1.0)
+  _, out_grouped = _apply(grouped, z, train=True)
+  _, out_whole = _apply(whole, z, train=True)
+  distances = ((z.reshape(2, 2, 1, 2) - CODEBOOK[None, None])**2).sum(-1)
+  np.testing.assert_allclose(out_grouped.stats["entropy_loss"],
+                             np.mean([entropy_loss(jnp.asarray(x), 0.01) for x in distances]),
+                             rtol=1e-5)
+  assert not np.isclose(out_grouped.stats["entropy_loss"], out_whole.stats["entropy_loss"])

@@ -75,10 +75,10 @@ def test_maskgit_bias_layout(autoencoder_setup):
   assert set(decoder["level1_upsample_conv"]) == {"kernel", "bias"}
   assert "level0_upsample_conv" not in decoder
   assert decoder["conv_out"]["kernel"].shape == (3, 3, 8, 3)
-  block = encoder["level1_block0"]  # 8 -> 16 channels: has a 1x1 shortcut
+  block = encoder["level1_block0"]  # 8 -> 16 channels: a 1x1 conv of the block's output
   assert set(block["Conv_0"]) == set(block["Conv_1"]) == {"kernel"}
-  assert block["shortcut"]["kernel"].shape == (1, 1, 8, 16)
-  assert "shortcut" not in encoder["mid_block0"]  # 16 -> 16: identity skip
+  assert block["skip"]["kernel"].shape == (1, 1, 16, 16)
+  assert "skip" not in encoder["mid_block0"]  # 16 -> 16: identity skip
 
 
 def test_decode_indices_matches_forward_reconstruction(autoencoder_setup):
@@ -207,9 +207,10 @@ def conv(kernel, cin, cout, bias):
 
 
 def res_block(cin, cout):
-  """GN(cin) conv3x3 GN(cout) conv3x3, no conv biases, a bias-free 1x1 skip if cin != cout."""
+  """GN(cin) conv3x3 GN(cout) conv3x3, no conv biases; if cin != cout a bias-free 1x1 conv
+  of the block's output (cout -> cout), as MaskGIT's ResBlock."""
   return 2 * cin + conv(3, cin, cout, False) + 2 * cout + conv(3, cout, cout, False) + (
-      conv(1, cin, cout, False) if cin != cout else 0)
+      conv(1, cout, cout, False) if cin != cout else 0)
 
 
 def tokenizer_param_count(latent_dim, filters=128, multipliers=(1, 1, 2, 2, 4), blocks=2):
@@ -253,7 +254,7 @@ def test_paper_config_parameter_counts(image_size):
   vq = Autoencoder(quantizer=VectorQuantizer(codebook_size=1024, codebook_dim=256))
   assert abstract_param_count(fsq, image_size, train=False) == tokenizer_param_count(4)
   assert abstract_param_count(vq, image_size, train=False) == (
-      tokenizer_param_count(256) + 1024 * 256)
+      tokenizer_param_count(256) + 1024 * 256) == 54_515_587  # the official VQ tokenizer
   assert abstract_param_count(Discriminator(image_size), image_size) == (
       discriminator_param_count(image_size))
 
@@ -262,3 +263,19 @@ def test_tiny_config_parameter_count_matches_the_closed_form():
   # filters 8, widths (8, 16), one block per level, FSQ (8, 5, 5, 5) = 4 latent channels.
   assert tokenizer_param_count(4, filters=8, multipliers=(1, 2), blocks=1) == (
       abstract_param_count(tiny_autoencoder("fsq"), IMAGE_SIZE, train=False))
+
+
+def test_model_docstrings_quote_the_computed_parameter_counts():
+  from configs import maskgit_256, tradeoff_128  # pylint: disable=import-outside-toplevel
+  from fsq_repro.models import discriminator, transformer  # pylint: disable=import-outside-toplevel
+  from scripts import param_counts  # pylint: disable=import-outside-toplevel
+  fsq = param_counts.counts(maskgit_256.get_config("quantizer=fsq"), num_classes=1000)
+  vq = param_counts.counts(maskgit_256.get_config("quantizer=vq"), num_classes=1000)
+  at_128 = param_counts.counts(tradeoff_128.get_config("quantizer=vq"), num_classes=1000)
+  assert vq["tokenizer"] == 54_515_587  # the official VQ tokenizer (REFERENCE.md)
+  for count in (fsq["tokenizer"], vq["tokenizer"]):
+    assert f"{count:,}" in vqgan.__doc__
+  for count in (at_128["discriminator"], vq["discriminator"]):
+    assert f"{count:,} parameters at" in discriminator.__doc__ or f"{count:,} at" in \
+        discriminator.__doc__
+  assert f"{vq['transformer']:,} parameters" in transformer.__doc__

@@ -31,6 +31,7 @@ def _vq(q):
                          commitment_cost=q.commitment_cost,
                          entropy_loss_weight=q.entropy_loss_weight,
                          entropy_temperature=q.entropy_temperature,
+                         entropy_group_size=q.entropy_group_size,
                          track_usage=q.split_every_steps > 0)
 
 

@@ -1,32 +1,44 @@
-"""LPIPS with a VGG16 trunk: the perceptual loss of our Stage I training.
+"""Stage I's perceptual loss: MaskGIT's ResNet-50 feature distance, or LPIPS-VGG16.
 
-MaskGIT's perceptual loss used a ResNet-50 whose weights were never published; LPIPS-VGG
-(Zhang et al., 2018, richzhang/PerceptualSimilarity v0.1) is the common public substitute.
+  resnet50  (the paper's recipe) MAGVIT's `calculate_perceptual_loss_on_pretrained` as
+            MaskGIT's vqgan_config sets it (perceptual_loss_on_logit=False): the mean squared
+            difference of the ResNet-50 last-stage feature maps (7 x 7 x 2048 at 224 px,
+            models/resnet.py) of reconstructions and images. Weight 0.1.
+  lpips     LPIPS-VGG16 (Zhang et al., 2018, PerceptualSimilarity v0.1), mean over the batch:
 
-    d(x, y) = sum_l mean_hw( w_l . (n(f_l(x)) - n(f_l(y)))^2 )
+              d(x, y) = sum_l mean_hw( w_l . (n(f_l(x)) - n(f_l(y)))^2 )
 
-f_l are the VGG16 activations relu1_2, relu2_2, relu3_3, relu4_3, relu5_3 of the input
-after LPIPS's scaling layer, n() divides each spatial position by its channel L2 norm
-(+1e-10), and w_l >= 0 are LPIPS's 1x1 "lin" weights (no bias). Images come in [0, 1] and are
-mapped to the [-1, 1] that LPIPS expects.
+            f_l are the VGG16 activations relu1_2 ... relu5_3 after LPIPS's scaling layer,
+            n() divides each position by its channel L2 norm (+1e-10), w_l >= 0 are LPIPS's
+            1x1 "lin" weights. Images come in [0, 1] and are mapped to LPIPS's [-1, 1].
+  none      no perceptual term (the demo: no weights can be downloaded here).
 
-Weights are not downloadable here: convert them once (`scripts/convert_weights.py lpips`, needs
-PyTorch) from torchvision's vgg16 `.pth` and LPIPS's `lpips/weights/v0.1/vgg.pth`, then point
-FSQ_LPIPS_WEIGHTS (or stage1.perceptual_weights) at the converted file.
+Weights are never downloaded: convert them once with scripts/convert_weights.py (resnet50:
+torchvision's resnet50 .pth or a MAGVIT-style .npy; lpips: torchvision's vgg16 .pth and
+LPIPS's vgg.pth) and point stage1.perceptual_weights or the network's environment variable
+(WEIGHTS_ENV_VARS) at the file. A loss that is asked for without its weights is an error.
 """
 
+import dataclasses
 import os
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fsq_repro.models import weights
+from fsq_repro.models import resnet, weights
 
 NETWORK_NAME = "lpips_vgg16"
-WEIGHTS_ENV_VAR = "FSQ_LPIPS_WEIGHTS"
+KINDS = ("resnet50", "lpips", "none")
+WEIGHTS_ENV_VARS = {"resnet50": "FSQ_RESNET50_WEIGHTS", "lpips": "FSQ_LPIPS_WEIGHTS"}
+HOW_TO_CONVERT = {
+    "resnet50": "python scripts/convert_weights.py resnet50 --torch=resnet50-0676ba61.pth "
+                "--out=resnet50.msgpack (or --magvit_npy=<MAGVIT's resnet50 .npy>)",
+    "lpips": "python scripts/convert_weights.py lpips --torch=vgg16-397923af.pth --lin=vgg.pth "
+             "--out=lpips_vgg16.msgpack",
+}
 
 # LPIPS's ScalingLayer: (x - shift) / scale on [-1, 1] inputs.
 LPIPS_SHIFT = (-0.030, -0.088, -0.188)
@@ -97,25 +109,81 @@ def load_lpips_params(path: str) -> dict:
   return weights.load_params(path, network=NETWORK_NAME)
 
 
-def find_perceptual_weights(path: str | None = None) -> str | None:
-  """The LPIPS weight file to use: `path`, else $FSQ_LPIPS_WEIGHTS, else None.
+@dataclasses.dataclass(frozen=True)
+class PerceptualLoss:
+  """A perceptual loss: its frozen `params` and `distance(params, reconstructions, images)`,
+  the float32 batch mean the train step weights by stage1.perceptual_weight."""
+  kind: str
+  params: Any
+  distance: Callable
+  source: str  # where the weights came from, for the log and config.json
+
+
+def find_weights(kind: str, path: str | None = None) -> str | None:
+  """The weight file of perceptual loss `kind`: `path`, else its environment variable.
 
   A path that is given but is not a file is an error, never a silent "off".
   """
+  variable = WEIGHTS_ENV_VARS[kind]
   for source, candidate in (("stage1.perceptual_weights", path),
-                            (f"${WEIGHTS_ENV_VAR}", os.environ.get(WEIGHTS_ENV_VAR))):
+                            (f"${variable}", os.environ.get(variable))):
     if candidate:
       if not os.path.isfile(candidate):
-        raise ValueError(f"{source}={candidate!r} is not a file; convert the LPIPS weights "
-                         "with `python scripts/convert_weights.py lpips ...` and point it at "
-                         "the output, or leave it unset")
+        raise ValueError(f"{source}={candidate!r} is not a file; convert the {kind} weights "
+                         f"with `{HOW_TO_CONVERT[kind]}` and point it at the output")
       return candidate
   return None
 
 
-def perceptual_status(path: str | None) -> str:
-  """One log line saying whether the perceptual loss is on, and why."""
-  if path:
-    return f"perceptual loss: on (LPIPS-VGG16 weights from {path})"
-  return (f"perceptual loss: off (no weight path given and ${WEIGHTS_ENV_VAR} is unset; "
-          "see `python scripts/convert_weights.py lpips`)")
+def check_available(kind: str, path: str | None = None) -> None:
+  """Raises ValueError in one line unless loss `kind` can be built (its weights exist)."""
+  if kind not in KINDS:
+    raise ValueError(f"stage1.perceptual_loss={kind!r} is unknown; use one of {KINDS}")
+  if kind != "none" and find_weights(kind, path) is None:
+    raise ValueError(
+        f"stage1.perceptual_loss={kind!r} needs its ImageNet weights, which are never "
+        f"downloaded: get and convert them with `{HOW_TO_CONVERT[kind]}`, then set "
+        f"--config.stage1.perceptual_weights or ${WEIGHTS_ENV_VARS[kind]}; or train without "
+        "it: --config.stage1.perceptual_loss=none")
+
+
+def _resnet50_loss(path: str) -> PerceptualLoss:
+  params, meta = weights.load(path)
+  variant = meta.get("network")
+  if variant not in resnet.VARIANTS:
+    raise ValueError(f"{path} holds weights for {variant!r}, not a ResNet-50 of "
+                     f"{sorted(resnet.VARIANTS)}")
+  model = resnet.ResNet50(**resnet.VARIANTS[variant])
+
+  def distance(params, reconstructions, images):
+    fake, _ = model.apply({"params": params}, reconstructions)
+    real, _ = model.apply({"params": params}, images)
+    return jnp.mean(jnp.square(real.astype(jnp.float32) - fake.astype(jnp.float32)))
+
+  return PerceptualLoss("resnet50", params, distance, f"{variant} weights from {path}")
+
+
+def _lpips_loss(path: str) -> PerceptualLoss:
+  model = LPIPS()
+
+  def distance(params, reconstructions, images):
+    return jnp.mean(model.apply({"params": params}, reconstructions, images))
+
+  return PerceptualLoss("lpips", load_lpips_params(path), distance,
+                        f"{NETWORK_NAME} weights from {path}")
+
+
+LOSSES = {"resnet50": _resnet50_loss, "lpips": _lpips_loss}
+
+
+def load(kind: str, path: str | None = None) -> PerceptualLoss | None:
+  """The perceptual loss `kind` with its weights; None for "none"."""
+  check_available(kind, path)
+  return None if kind == "none" else LOSSES[kind](find_weights(kind, path))
+
+
+def status(loss: PerceptualLoss | None) -> str:
+  """One log line saying which perceptual loss is on, or that it is off."""
+  if loss is None:
+    return "perceptual loss: off (stage1.perceptual_loss='none')"
+  return f"perceptual loss: {loss.kind} ({loss.source})"

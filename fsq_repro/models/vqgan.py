@@ -5,15 +5,15 @@ residual blocks and the encoder's first conv have no bias, all other convs do; G
 (flax defaults: 32 groups, eps 1e-6) and swish; 2x2 average-pool downsampling
 (conv_downsample=False); nearest x2 upsampling followed by a 3x3 conv. Images are in [0, 1].
 
-One deliberate difference: where a residual block changes width, MaskGIT's code applies the
-1x1 shortcut conv to the block's *output* rather than its input (so those blocks carry no
-identity path). Here the shortcut is the textbook one, a 1x1 conv of the block's input. The
-parameter count is the same either way.
+Residual blocks are computed as MaskGIT's `ResBlock` computes them: where a block changes
+width, the bias-free 1x1 conv is applied to the block's *output* h (y = h + conv1x1(h), a
+C_out x C_out kernel), not to its input, so those blocks carry no identity path. That is what
+the official checkpoints were trained with (scripts/convert_weights.py maskgit loads them).
 
 Paper configs (filters 128, multipliers [1, 1, 2, 2, 4], 2 residual blocks; fully
-convolutional, so 128 px and 256 px have the same count): 52,881,031 parameters with FSQ
-levels [8, 5, 5, 5] and 54,433,667 with a 1024 x 256 VQ codebook (MaskGIT reports ~54M);
-tests/test_vqgan.py recomputes both with jax.eval_shape.
+convolutional, so every image size has the same count): 52,962,951 parameters with FSQ
+levels [8, 5, 5, 5] and 54,515,587 with a 1024 x 256 VQ codebook, the official VQ tokenizer's
+count (tests/test_vqgan.py counts them from the architecture and with jax.eval_shape).
 """
 
 from typing import Any, Sequence
@@ -55,7 +55,7 @@ def _upsample(x: jax.Array) -> jax.Array:
 
 
 class ResBlock(nn.Module):
-  """GN-swish-conv3x3-GN-swish-conv3x3 plus a skip (1x1 conv when the width changes)."""
+  """GN-swish-conv3x3-GN-swish-conv3x3 = h; h + x, or h + conv1x1(h) where the width changes."""
   filters: int
   num_groups: int = 32
   dtype: Any = jnp.float32
@@ -73,7 +73,7 @@ class ResBlock(nn.Module):
     x = nn.swish(x)
     x = conv(self.filters, 3)(x)
     if residual.shape[-1] != self.filters:
-      residual = conv(self.filters, 1, name="shortcut")(residual)
+      residual = conv(self.filters, 1, name="skip")(x)  # of the output, as MaskGIT's code
     return x + residual
 
 

@@ -22,16 +22,23 @@ def save_params(path: str, params, *, network: str, source: str) -> None:
     f.write(data)
 
 
+def load(path: str) -> tuple[dict, dict]:
+  """(params, meta) of a weight file written by `save_params`."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"no weight file at {path}")
+  with open(path, "rb") as f:
+    tree = flax.serialization.msgpack_restore(f.read())
+  return tree["params"], tree.get("meta", {})
+
+
 def load_params(path: str, *, network: str):
   """Reads a weight file written by `save_params`; checks it holds `network`."""
   if not os.path.exists(path):
     raise FileNotFoundError(f"no {network} weights at {path}")
-  with open(path, "rb") as f:
-    tree = flax.serialization.msgpack_restore(f.read())
-  found = tree.get("meta", {}).get("network")
-  if found != network:
-    raise ValueError(f"{path} holds weights for {found!r}, expected {network!r}")
-  return tree["params"]
+  params, meta = load(path)
+  if meta.get("network") != network:
+    raise ValueError(f"{path} holds weights for {meta.get('network')!r}, expected {network!r}")
+  return params
 
 
 def _to_numpy(tree):

@@ -2,7 +2,9 @@
 
 Nearest neighbour in squared L2; loss = codebook term + commitment_cost * commitment term
 (+ entropy loss); straight-through gradients. Losses are means over the whole (global)
-batch: under jit with a sharded batch this is the correct cross-device mean.
+batch: under jit with a sharded batch this is the correct cross-device mean. The entropy
+loss's code statistics can instead be taken over groups of `entropy_group_size` examples,
+as MaskGIT's pmap took them per device, whatever the number of devices here.
 """
 
 import flax.linen as nn
@@ -35,6 +37,18 @@ def entropy_loss(distances: jax.Array, temperature: float) -> jax.Array:
   return per_token_entropy - entropy_of_mean
 
 
+def grouped_entropy_loss(distances: jax.Array, temperature: float, group_size: int) -> jax.Array:
+  """`entropy_loss` of each group of `group_size` examples, averaged; distances are
+  [examples, tokens, codes]. group_size 0 (or the batch size) is one group: the batch."""
+  examples = distances.shape[0]
+  group_size = group_size or examples
+  if examples % group_size:
+    raise ValueError(f"quantizer.entropy_group_size={group_size} does not divide the batch of "
+                     f"{examples} examples")
+  groups = distances.reshape(examples // group_size, -1, distances.shape[-1])
+  return jnp.mean(jax.vmap(lambda d: entropy_loss(d, temperature))(groups))
+
+
 class VectorQuantizer(nn.Module):
   """MaskGIT's VQ layer behind the common quantizer interface.
 
@@ -46,6 +60,7 @@ class VectorQuantizer(nn.Module):
   commitment_cost: float = 0.25
   entropy_loss_weight: float = 0.0
   entropy_temperature: float = 0.01
+  entropy_group_size: int = 0  # examples per group of entropy statistics; 0 = the batch
   track_usage: bool = False
 
   @property
@@ -76,7 +91,8 @@ class VectorQuantizer(nn.Module):
     stats = batch_code_stats(flat_indices)
     stats.update(codebook_loss=codebook_loss, commitment_loss=commitment_loss)
     if self.entropy_loss_weight:
-      ent = entropy_loss(distances, self.entropy_temperature)
+      ent = grouped_entropy_loss(distances.reshape(z.shape[0], -1, self.codebook_size),
+                                 self.entropy_temperature, self.entropy_group_size)
       loss = loss + self.entropy_loss_weight * ent
       stats["entropy_loss"] = ent
     if train and self.track_usage and self.is_mutable_collection("vq_usage"):

@@ -33,6 +33,7 @@ class Setup:
   summary: Callable[[Any], str]  # state -> the run's first lines (sizes, devices, losses on)
   frozen: Any = ()  # e.g. the perceptual network's parameters
   on_step: Callable | None = None  # (step, state, batch, reporter) after each step
+  start_from: Callable | None = None  # state -> state: a new run's starting point (fine-tuning)
   run_info: dict = dataclasses.field(default_factory=dict)  # saved in config.json
 
 
@@ -51,8 +52,11 @@ def train(setup: Setup, config, workdir: str):
   checkpointer = checkpoints.Checkpointer(workdir_lib.checkpoint_dir(workdir, setup.name),
                                           every_steps=s.checkpoint_every_steps,
                                           keep=s.keep_checkpoints)
-  state = checkpointer.restore_or_init(
-      lambda: jax.jit(setup.init, out_shardings=shardings)(setup.init_rng), abstract)
+  def new_state():
+    state = jax.jit(setup.init, out_shardings=shardings)(setup.init_rng)
+    return setup.start_from(state) if setup.start_from else state
+
+  state = checkpointer.restore_or_init(new_state, abstract)
   start_step = int(state.step)
   reporter = reporting.Reporter(directory, num_train_steps=s.num_train_steps,
                                 start_step=start_step)

@@ -64,14 +64,23 @@ def drop_labels(rng: jax.Array, class_tokens: jax.Array, mask_id: int,
   return jnp.where(dropped, jnp.asarray(mask_id, class_tokens.dtype), class_tokens)
 
 
+REDUCTIONS = ("per_example", "token")
+
+
 def masked_cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array,
-                         label_smoothing: float = 0.1) -> jax.Array:
-  """Label-smoothed cross entropy, averaged over all masked tokens of the batch.
+                         label_smoothing: float = 0.1,
+                         reduction: str = "per_example") -> jax.Array:
+  """Label-smoothed cross entropy on the masked tokens.
 
   logits [B, N, K], targets int [B, N] in [0, K), mask bool [B, N]. The smoothed target is
   (1 - s) * onehot + s / K over the K logits given (pass `image_logits` so K = |C|).
-  Positions with mask False contribute nothing. Returns 0 if nothing is masked.
+  Positions with mask False contribute nothing. `reduction`: "per_example" averages each
+  example's masked tokens, then the examples (MaskGIT's libml/losses.py); "token" averages
+  every masked token of the batch at once, so heavily masked examples weigh more. An example
+  with nothing masked contributes 0.
   """
+  if reduction not in REDUCTIONS:
+    raise ValueError(f"reduction={reduction!r} must be one of {REDUCTIONS}")
   if not 0.0 <= label_smoothing < 1.0:
     raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
   log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
@@ -80,7 +89,11 @@ def masked_cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array,
   per_token = (-(1.0 - label_smoothing) * target_log_prob
                - label_smoothing * jnp.mean(log_probs, axis=-1))
   weights = mask.astype(jnp.float32)
-  return jnp.sum(per_token * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+  if reduction == "token":
+    return jnp.sum(per_token * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+  per_example = (jnp.sum(per_token * weights, axis=-1)
+                 / jnp.maximum(jnp.sum(weights, axis=-1), 1.0))
+  return jnp.mean(per_example)
 
 
 def make_training_inputs(rng: jax.Array, image_tokens: jax.Array, labels: jax.Array,

@@ -1,6 +1,6 @@
 """Stage I: train the VQ-GAN / FSQ-GAN tokenizer with MaskGIT's recipe.
 
-Generator loss = L2 reconstruction + perceptual (LPIPS-VGG16, if weights exist)
+Generator loss = L2 reconstruction + perceptual (ResNet-50 features as MaskGIT, or LPIPS)
 + generator_weight * non-saturating GAN + the quantizer's auxiliary loss.
 Discriminator loss = logistic GAN + r1_weight * R1 on reals (+ LeCam, optional).
 Both use Adam(b1=0, b2=0.99); an EMA of the generator is the tokenizer used downstream.
@@ -80,11 +80,12 @@ def create_train_state(rng, *, autoencoder, discriminator, optimizer, image_size
       lecam_ema=(jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)))
 
 
-def train_step(state: Stage1State, batch, rng, lpips_params, *, autoencoder, discriminator,
-               lpips, optimizer, loss_config: LossConfig):
+def train_step(state: Stage1State, batch, rng, perceptual_params, *, autoencoder, discriminator,
+               perceptual_distance, optimizer, loss_config: LossConfig):
   """One generator update, then one discriminator update; returns (state, float32 metrics).
 
-  `lpips_params`: the frozen perceptual network's parameters ({} when the loss is off).
+  `perceptual_params`: the frozen perceptual network's parameters for
+  `perceptual_distance(params, reconstructions, images)` ({} and None when the loss is off).
   """
   lc = loss_config
   images = batch["image"]
@@ -102,7 +103,7 @@ def train_step(state: Stage1State, batch, rng, lpips_params, *, autoencoder, dis
       terms["generator_gan_loss"] = losses.generator_gan_loss(fake_logits)
       total = total + lc.generator_weight * terms["generator_gan_loss"]
     if lc.perceptual_weight:
-      terms["perceptual_loss"] = jnp.mean(lpips.apply({"params": lpips_params}, recon, images))
+      terms["perceptual_loss"] = perceptual_distance(perceptual_params, recon, images)
       total = total + lc.perceptual_weight * terms["perceptual_loss"]
     return total, (recon, quantizer_state, terms, q_out.stats)
 
@@ -172,11 +173,16 @@ def _split_codebook(g_params, quantizer_state, step, rng, every):
   return g_params, {"vq_usage": {"quantizer": {"counts": counts}}}
 
 
-def setup(config: ml_collections.ConfigDict) -> loop.Setup:
-  """Stage I's networks, losses, optimizer and data, for the shared trainer skeleton."""
+def setup(config: ml_collections.ConfigDict, perceptual_loss="from config") -> loop.Setup:
+  """Stage I's networks, losses, optimizer and data, for the shared trainer skeleton.
+
+  `perceptual_loss`: a perceptual.PerceptualLoss (or None) to use instead of loading the one
+  config.stage1.perceptual_loss names (bench.py passes one with synthetic weights).
+  """
   s = config.stage1
-  lpips_path = perceptual.find_perceptual_weights(s.perceptual_weights)
-  status = perceptual.perceptual_status(lpips_path)
+  if perceptual_loss == "from config":
+    perceptual_loss = perceptual.load(s.perceptual_loss, s.perceptual_weights)
+  status = perceptual.status(perceptual_loss)
   autoencoder = factory.build_tokenizer(config)
   discriminator = factory.build_discriminator(config)
   optimizer = make_optimizer(s)
@@ -213,10 +219,10 @@ def setup(config: ml_collections.ConfigDict) -> loop.Setup:
                              image_size=config.dataset.image_size),
       train_step=functools.partial(
           train_step, autoencoder=autoencoder, discriminator=discriminator,
-          lpips=perceptual.LPIPS(), optimizer=optimizer,
-          loss_config=LossConfig.from_config(config, perceptual_on=bool(lpips_path))),
+          perceptual_distance=perceptual_loss and perceptual_loss.distance, optimizer=optimizer,
+          loss_config=LossConfig.from_config(config, perceptual_on=perceptual_loss is not None)),
       batches=batches, init_rng=rng, step_rng=jax.random.fold_in(rng, 1), summary=summary,
-      frozen=perceptual.load_lpips_params(lpips_path) if lpips_path else {},
+      frozen=perceptual_loss.params if perceptual_loss else {},
       on_step=log_reconstructions, run_info={"perceptual_loss": status})
 
 

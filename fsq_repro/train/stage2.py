@@ -1,11 +1,13 @@
 """Stage II: a MaskGIT transformer on the frozen Stage I tokens.
 
-First the EMA tokenizer encodes the training split once into token shards under
-`workdir`/stage2/tokens (data/extract.py, resumable). Then the transformer learns to predict
-masked tokens: cosine masking with the FSQ paper's lower bound on the masked fraction,
-label-smoothed loss on masked positions only, class labels dropped to MASK for
+Tokens come from the frozen EMA tokenizer, either "online" (stage2.tokens; MAGVIT's
+trainer: every freshly augmented training batch is tokenized inside the step) or
+"precomputed" (one pass of the training split into token shards under `workdir`/stage2/tokens,
+data/extract.py, resumable). The transformer learns to predict masked tokens: cosine masking
+with the FSQ paper's lower bound on the masked fraction, label-smoothed loss on masked
+positions only (per-example means, as MaskGIT), class labels dropped to MASK for
 classifier-free guidance, AdamW with warmup, weight decay on kernels only, and gradient
-clipping.
+clipping. `stage2.init_from` starts from another run's transformer (fine-tuning).
 """
 
 import dataclasses
@@ -19,7 +21,7 @@ import ml_collections
 import optax
 from clu import parameter_overview
 
-from fsq_repro import api
+from fsq_repro import api, checkpoints, parallel
 from fsq_repro import workdir as workdir_lib
 from fsq_repro.data import extract, pipeline
 from fsq_repro.data import tokens as tokens_lib
@@ -57,18 +59,25 @@ def create_train_state(rng, *, model, optimizer, sequence_length) -> Stage2State
                      opt_state=optimizer.init(params))
 
 
-def train_step(state: Stage2State, batch, rng, frozen=(), *, model, layout, optimizer, s):
-  """One AdamW step on a batch of token maps; `frozen` is unused (no frozen networks)."""
-  del frozen
+def train_step(state: Stage2State, batch, rng, frozen=(), *, model, layout, optimizer, s,
+               tokenizer=None):
+  """One AdamW step on a batch: {"tokens", "label"}, or {"image", "label"} with the frozen
+  `tokenizer` (a Stage I model) and its variables `frozen`, which code the images first."""
+  if tokenizer is None:
+    tokens = batch["tokens"]
+  else:
+    indices = tokenizer.apply(frozen, batch["image"], method="encode")[1].indices
+    tokens = jax.lax.stop_gradient(indices).reshape(indices.shape[0], -1)
   mask_rng, dropout_rng = jax.random.split(rng)
   input_ids, targets, loss_mask = masking.make_training_inputs(
-      mask_rng, batch["tokens"], batch["label"], layout, s.min_mask_fraction, s.label_drop_rate)
+      mask_rng, tokens, batch["label"], layout, s.min_mask_fraction, s.label_drop_rate)
 
   def loss_fn(params):
     logits = model.apply({"params": params}, input_ids, train=True,
                          rngs={"dropout": dropout_rng})
     logits = transformer_lib.image_logits(logits, layout)
-    loss = masking.masked_cross_entropy(logits, targets, loss_mask, s.label_smoothing)
+    loss = masking.masked_cross_entropy(logits, targets, loss_mask, s.label_smoothing,
+                                        s.loss_reduction)
     correct = (jnp.argmax(logits, -1) == targets) & loss_mask
     return loss, jnp.sum(correct) / jnp.maximum(jnp.sum(loss_mask), 1)
 
@@ -82,18 +91,36 @@ def train_step(state: Stage2State, batch, rng, frozen=(), *, model, layout, opti
           jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), metrics))
 
 
-def setup(config: ml_collections.ConfigDict, layout: transformer_lib.TokenLayout,
-          batches: tokens_lib.TokenBatches) -> loop.Setup:
-  """Stage II's transformer, loss, optimizer and token batches, for the trainer skeleton."""
+def setup(config: ml_collections.ConfigDict, layout: transformer_lib.TokenLayout, *,
+          token_batches: tokens_lib.TokenBatches | None = None,
+          tokenizer: api.Tokenizer | None = None) -> loop.Setup:
+  """Stage II's transformer, loss, optimizer and batches, for the trainer skeleton: token
+  maps from `token_batches` (precomputed), or training images coded by `tokenizer` (online)."""
   s = config.stage2
   model, optimizer = factory.build_transformer(config, layout), make_optimizer(s)
+  if (token_batches is None) == (tokenizer is None):
+    raise ValueError("stage2.setup takes token_batches (precomputed) or a tokenizer (online)")
+  if tokenizer is None:
+    batches, source = token_batches.iterate, f"{len(token_batches.tokens):,} token maps"
+  else:
+    local_batch = parallel.per_process_batch_size(s.batch_size)
+
+    def batches(start_step):
+      for batch in pipeline.create_split(
+          config.dataset.name, config.dataset.train_split, batch_size=local_batch,
+          image_size=config.dataset.image_size, train=True, seed=config.seed,
+          start_step=start_step, data_dir=config.dataset.data_dir):
+        yield {"image": batch["image"], "label": batch["label"]}
+
+    source = "training images tokenized online"
 
   def summary(state):
     if int(state.step) == 0:
       parameter_overview.log_parameter_overview(state.params)
     return (f"stage2: {factory.count_params(state.params):,} transformer parameters, "
-            f"{len(batches.tokens):,} token maps of {factory.tokens_per_image(config)} tokens, "
-            f"vocabulary {layout.vocab_size}")
+            f"{source}, {factory.tokens_per_image(config)} tokens per image, "
+            f"vocabulary {layout.vocab_size}"
+            + (f"; parameters of {s.init_from}" if s.init_from and not int(state.step) else ""))
 
   rng = jax.random.key(config.seed)
   return loop.Setup(
@@ -101,10 +128,23 @@ def setup(config: ml_collections.ConfigDict, layout: transformer_lib.TokenLayout
       init=functools.partial(create_train_state, model=model, optimizer=optimizer,
                              sequence_length=factory.tokens_per_image(config) + 1),
       train_step=functools.partial(train_step, model=model, layout=layout,
-                                   optimizer=optimizer, s=s),
-      batches=batches.iterate, init_rng=jax.random.fold_in(rng, 2),
+                                   optimizer=optimizer, s=s,
+                                   tokenizer=tokenizer and tokenizer.model),
+      batches=batches, init_rng=jax.random.fold_in(rng, 2),
       step_rng=jax.random.fold_in(rng, 3), summary=summary,
+      frozen=tokenizer.variables if tokenizer else (),
+      start_from=s.init_from and functools.partial(start_from, s.init_from),
       run_info={"token_layout": dataclasses.asdict(layout)})
+
+
+def start_from(source: str, state: Stage2State) -> Stage2State:
+  """`state` with the transformer parameters of the newest Stage II checkpoint of the
+  workdir `source` (in the shardings `state` has); the optimizer state stays fresh."""
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
+                          state.params)
+  restored = checkpoints.restore_latest(workdir_lib.checkpoint_dir(source, "stage2"),
+                                        {api.TRANSFORMER_PARAMS: abstract})
+  return state.replace(params=restored[api.TRANSFORMER_PARAMS])
 
 
 def token_layout(config) -> transformer_lib.TokenLayout:
@@ -114,13 +154,17 @@ def token_layout(config) -> transformer_lib.TokenLayout:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Stage2State:
-  """Extracts tokens if needed, then trains Stage II into `workdir`/stage2 (resuming)."""
+  """Trains Stage II into `workdir`/stage2 (resuming); precomputed tokens are extracted first."""
+  layout = token_layout(config)
+  load_tokenizer = lambda: api.Tokenizer.from_workdir(
+      workdir_lib.stage1_workdir(config, workdir), config)
+  if config.stage2.tokens == "online":
+    return loop.train(setup(config, layout, tokenizer=load_tokenizer()), config, workdir)
   token_dir = workdir_lib.token_dir(workdir)
   if not tokens_lib.is_complete(token_dir):
-    tokenizer = api.Tokenizer.from_workdir(workdir_lib.stage1_workdir(config, workdir), config)
-    extract.extract_tokens(config, token_dir, tokenizer)
+    extract.extract_tokens(config, token_dir, load_tokenizer())
   tokens, labels = tokens_lib.load_all(token_dir)
   batches = tokens_lib.TokenBatches(tokens, labels, global_batch_size=config.stage2.batch_size,
                                     seed=config.seed, process_index=jax.process_index(),
                                     process_count=jax.process_count())
-  return loop.train(setup(config, token_layout(config), batches), config, workdir)
+  return loop.train(setup(config, layout, token_batches=batches), config, workdir)
