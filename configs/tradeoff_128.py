@@ -6,6 +6,27 @@ batch 256 (~200 epochs). VQ uses MaskGIT's entropy loss, weight 0.1. Sizes 2^4 .
 FSQ with the App. A.4.1 levels, VQ with 2^k codes at the same k, plus FSQ runs whose
 levels are all 4 (some L_i < 5) at 2^8, 2^10 and 2^12 against the table's levels.
 
+Where the recipe's choices come from (config_lib.base_config; google-research/maskgit and
+google-research/magvit, as REFERENCE.md records them):
+- Tokenizer residual blocks: maskgit's vqgan_tokenizer.py ResBlock, whose width-changing skip
+  is a 1x1 conv of the block's output (models/vqgan.py); the official checkpoints load.
+- stage1.perceptual_loss="resnet50", weight 0.1: maskgit's configs/vqgan_config.py
+  (perceptual_loss_weight 0.1, perceptual_loss_on_logit=False) with MAGVIT's
+  calculate_perceptual_loss_on_pretrained: mean squared difference of the 7 x 7 x 2048
+  ResNet-50 feature maps at 224 px. The ImageNet weights must be converted; no weights, no run.
+- stage2.tokens="online": MAGVIT's Stage II trainer tokenizes each freshly augmented batch
+  with the frozen tokenizer; the paper trains Stage II for 200 epochs, so one fixed crop per
+  image ("precomputed") would see far less augmentation than the paper's models did.
+- stage2.loss_reduction="per_example": maskgit's libml/losses.py averages each example's
+  masked tokens, then the batch.
+- quantizer.entropy_group_size=0 (global batch): MaskGIT computed VQ's entropy statistics per
+  device under pmap, over its per-core batch, which is not published; the global batch is the
+  better estimator and does not depend on the device count. Set it to k to compute them over
+  groups of k examples, as a k-example-per-core pmap would.
+- stage2.min_mask_fraction=0.45 and CFG label dropout 0.1: the FSQ paper's (any bound above
+  0.2 stabilises training; maskgit_class_cond_config.py has min_masking_rate 0.5 and trains
+  without label dropout, so it has no unconditional model to guide with).
+
 Arguments: quantizer=fsq|vq; codebook_bits=k (FSQ: App. A.4.1 levels for 2^k; VQ: 2^k codes);
 levels=8-5-5-5 (explicit FSQ levels, overrides codebook_bits).
 

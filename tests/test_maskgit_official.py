@@ -8,6 +8,7 @@ be equal and the images and logits equal to 1e-5.
 """
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -150,15 +151,31 @@ def test_a_checkpoint_of_another_architecture_is_refused_in_one_line(official, t
   assert not os.path.exists(tmp_path / "out")
 
 
-@pytest.mark.slow  # three CLI processes
-def test_sample_and_eval_run_on_the_converted_workdir(official):
+@pytest.mark.slow  # four CLI processes
+def test_sample_eval_and_fine_tuning_run_on_the_converted_workdir(official, tmp_path):
   *_, workdir, config_path = official
   env = dict(os.environ, JAX_PLATFORMS="cpu",
              PYTHONPATH=os.pathsep.join([ROOT, os.path.dirname(config_path)]))
-  for mode in ("sample", "eval"):
+
+  def main(mode, run_dir, *flags):
     run = subprocess.run([sys.executable, "-m", "fsq_repro.main", f"--mode={mode}",
-                          f"--config={config_path}", f"--workdir={workdir}"], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=900)
+                          f"--config={config_path}", f"--workdir={run_dir}", *flags], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
+    return run.stdout + run.stderr
+
+  for mode in ("sample", "eval"):
+    main(mode, workdir)
   assert os.path.exists(os.path.join(workdir, "samples", "cfg_0", "samples.npz"))
   assert os.path.exists(os.path.join(workdir, "results.json"))
+  # Fine-tuning, as the README says: the official tokenizer, Stage II from its parameters.
+  fine_tuned = tmp_path / "fine_tuned"
+  shutil.copytree(os.path.join(workdir, "stage1"), fine_tuned / "stage1")
+  log = main("stage2", fine_tuned, f"--config.stage2.init_from={workdir}",
+             "--config.stage2.num_train_steps=2", "--config.stage2.batch_size=4",
+             "--config.stage2.warmup_steps=0")
+  assert f"parameters of {workdir}" in log
+  start = api.Generator.from_workdir(workdir).params
+  tuned = api.Generator.from_workdir(str(fine_tuned)).params
+  difference = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - b))), start, tuned)
+  assert 0 < max(jax.tree.leaves(difference)) < 0.01  # two small steps away from the start
