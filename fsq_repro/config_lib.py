@@ -10,6 +10,7 @@ import importlib.util
 
 import ml_collections
 
+from fsq_repro.eval import precision_recall
 from fsq_repro.models import cpu_conv, factory, perceptual
 from fsq_repro.train import masking
 from fsq_repro.quantizers import fsq as fsq_lib
@@ -130,6 +131,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.cfg_sweep = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25)
   c.eval.num_sample_images = 50_000  # per CFG value, for sampling FID
   c.eval.num_reference_images = 10_000  # precision/recall reference set
+  # "adm": the ADM suite's float16-first distances, so precision/recall equal the suite's
+  # (the paper's numbers); "exact": float32 (eval/precision_recall.py).
+  c.eval.precision_recall = "adm"
   c.eval.compression_num_images = 10_000
   c.eval.range_coding_images = 64
 
@@ -225,6 +229,7 @@ def validate(config, *, num_devices: int, stage: str) -> None:
     raise ValueError(f"quantizer.entropy_group_size={q.entropy_group_size} must divide "
                      f"stage1.batch_size={config.stage1.batch_size}; or 0 for the whole batch")
   for field, registry in (("stage2.tokens", ("online", "precomputed")),
+                          ("eval.precision_recall", precision_recall.MODES),
                           ("stage2.loss_reduction", masking.REDUCTIONS),
                           ("model.name", factory.TOKENIZERS),
                           ("stage2.model", factory.TRANSFORMERS),

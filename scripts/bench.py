@@ -10,7 +10,8 @@ Per config, on the default device(s), with the batch sharded over all of them:
   XLA's buffer sizes for the step (arguments + outputs + temporaries - aliased, per device).
   A step whose buffers exceed 3/4 of the free memory is compiled but not run ("skipped").
 - sampling: MaskGIT decoding, 12 steps, then the Stage I decoder: images/s with CFG off
-  (one transformer pass per step) and on (alpha 0.2, two passes).
+  (one transformer pass per step) and on (alpha 0.2, two passes), and with alpha 0 passed as
+  a traced value (two passes: how alpha 0 ran before the conditional-only decoder).
 - eval: images/s of the FID feature network (Inception-v3 at 299 px) and of the
   compression cost (12 transformer passes per image, M2T schedule).
 The matmul peak is an N x N jnp.dot in the compute dtype on device 0, measured at the
@@ -298,6 +299,12 @@ def bench_sampling(config, mesh, calls: int) -> dict:
   for name, cfg in (("no_cfg", 0.0), ("cfg", CFG_ALPHA)):
     seconds = time_calls(lambda: generator.sample(labels, cfg, seed=3), (), calls)
     report[f"{name}_images_per_s"] = b / seconds
+  # cfg 0 as a traced value, as sampling and evaluation ran it before Generator compiled the
+  # conditional-only decoder: both passes, the unconditional one weighted by 0.
+  global_labels = parallel.global_batch({"label": labels}, mesh)["label"]
+  traced = lambda: generator._sample(generator.params, generator.tokenizer.variables,  # pylint: disable=protected-access
+                                     global_labels, jax.random.key(3), jnp.float32(0.0))
+  report["no_cfg_traced_images_per_s"] = b / time_calls(traced, (), calls)
   return report
 
 

@@ -131,7 +131,8 @@ def sampling_metrics(config, generator, network, reference, reference_pool):
     logits = np.concatenate([out["logits"] for out in outputs])
     pool_stats = fid.FeatureStats.empty(sample_pool.shape[1]).update(sample_pool)
     spatial_stats = fid.FeatureStats.empty(sample_spatial.shape[1]).update(sample_spatial)
-    precision, recall = pr.precision_recall(reference_pool, sample_pool)
+    precision, recall = pr.precision_recall(reference_pool, sample_pool,
+                                            mode=e.precision_recall)
     by_cfg[f"{alpha:g}"] = {"fid": _fid_to_reference(pool_stats, reference),
                             "sfid": fid.frechet_distance(*spatial_stats.mean_and_covariance(),
                                                          reference["mu_s"], reference["sigma_s"]),
@@ -220,6 +221,7 @@ def evaluate(config, workdir: str) -> dict:
       "precision": by_cfg[best]["precision"], "recall": by_cfg[best]["recall"],
       "precision_by_cfg": {a: v["precision"] for a, v in by_cfg.items()},
       "recall_by_cfg": {a: v["recall"] for a, v in by_cfg.items()},
+      "precision_recall_mode": e.precision_recall,
       "inception_score": by_cfg[best]["inception_score"],
       **costs, "eval_seconds": time.time() - start,
   }
