@@ -8,28 +8,31 @@ paper's best alpha, 0.2 for FSQ and 0.1 for VQ.
 Arguments: quantizer=fsq|vq; codebook_bits=k (FSQ: App. A.4.1 levels for 2^k; VQ: 2^k codes);
 levels=8-5-5-5 (explicit FSQ levels, overrides codebook_bits).
 
-One run, one GPU (ImageNet prepared for TFDS under $TFDS_DIR; Inception weights converted with
-scripts/convert_weights.py):
+One run, one GPU (ImageNet prepared for TFDS under $TFDS_DIR; the Inception and ResNet-50
+weights converted with scripts/convert_weights.py, the latter for the perceptual loss):
 
   for mode in stage1 stage2 eval; do
     python -m fsq_repro.main --mode=$mode --config=configs/maskgit_256.py:quantizer=fsq \
         --workdir=/data/runs/maskgit_256/fsq_2p10 \
         --config.dataset.data_dir=$TFDS_DIR \
-        --config.eval.inception_weights=inception_v3_2015.msgpack
+        --config.eval.inception_weights=inception_v3_2015.msgpack \
+        --config.stage1.perceptual_weights=resnet50.msgpack
   done
 
 Both runs, then the figure:
 
   python scripts/sweep.py --config=configs/maskgit_256.py --root=/data/runs/maskgit_256 --run \
       -- --config.dataset.data_dir=$TFDS_DIR \
-         --config.eval.inception_weights=inception_v3_2015.msgpack
+         --config.eval.inception_weights=inception_v3_2015.msgpack \
+         --config.stage1.perceptual_weights=resnet50.msgpack
   python scripts/plot_figures.py --sweep=/data/runs/maskgit_256 --out=figures/maskgit_256
 
 TPU pod (one gcloud line per stage; every worker runs the same command, so the root must be
 storage all workers share, e.g. a Filestore or gcsfuse mount):
 
   python scripts/sweep.py --config=configs/maskgit_256.py --root=/mnt/shared/maskgit_256 \
-      --tpu=fsq-v4-64 --zone=us-central2-b -- --config.dataset.data_dir=/mnt/shared/tfds
+      --tpu=fsq-v4-64 --zone=us-central2-b -- --config.dataset.data_dir=/mnt/shared/tfds \
+      --config.stage1.perceptual_weights=/mnt/shared/resnet50.msgpack
 
 Hardware and time (estimated from FLOP counts at ~40% utilisation, not measured): per run,
 Stage I ~6e20 FLOPs and Stage II ~3e20 FLOPs; ~3 days on a TPU v4-64 (32 chips), ~50 days

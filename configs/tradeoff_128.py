@@ -30,29 +30,32 @@ google-research/magvit, as REFERENCE.md records them):
 Arguments: quantizer=fsq|vq; codebook_bits=k (FSQ: App. A.4.1 levels for 2^k; VQ: 2^k codes);
 levels=8-5-5-5 (explicit FSQ levels, overrides codebook_bits).
 
-One run, one GPU (ImageNet prepared for TFDS under $TFDS_DIR; Inception weights converted with
-scripts/convert_weights.py):
+One run, one GPU (ImageNet prepared for TFDS under $TFDS_DIR; the Inception and ResNet-50
+weights converted with scripts/convert_weights.py, the latter for the perceptual loss):
 
   for mode in stage1 stage2 eval; do
     python -m fsq_repro.main --mode=$mode \
         --config=configs/tradeoff_128.py:quantizer=fsq,codebook_bits=12 \
         --workdir=/data/runs/tradeoff_128/fsq_2p12 \
         --config.dataset.data_dir=$TFDS_DIR \
-        --config.eval.inception_weights=inception_v3_2015.msgpack
+        --config.eval.inception_weights=inception_v3_2015.msgpack \
+        --config.stage1.perceptual_weights=resnet50.msgpack
   done
 
 The whole figure (every run of get_sweep(), one after another; rerunning resumes):
 
   python scripts/sweep.py --config=configs/tradeoff_128.py --root=/data/runs/tradeoff_128 --run \
       -- --config.dataset.data_dir=$TFDS_DIR \
-         --config.eval.inception_weights=inception_v3_2015.msgpack
+         --config.eval.inception_weights=inception_v3_2015.msgpack \
+         --config.stage1.perceptual_weights=resnet50.msgpack
   python scripts/plot_figures.py --sweep=/data/runs/tradeoff_128 --out=figures/tradeoff_128
 
 TPU pod (prints one gcloud line per stage; every worker runs the same command, so the root
 must be storage all workers share, e.g. a Filestore or gcsfuse mount):
 
   python scripts/sweep.py --config=configs/tradeoff_128.py --root=/mnt/shared/tradeoff_128 \
-      --tpu=fsq-v4-32 --zone=us-central2-b -- --config.dataset.data_dir=/mnt/shared/tfds
+      --tpu=fsq-v4-32 --zone=us-central2-b -- --config.dataset.data_dir=/mnt/shared/tfds \
+      --config.stage1.perceptual_weights=/mnt/shared/resnet50.msgpack
 
 Hardware and time (estimated from FLOP counts at ~40% utilisation, not measured): per run,
 Stage I ~4e19 FLOPs and Stage II ~3e19 FLOPs (with the frozen tokenizer's forward pass);
