@@ -142,9 +142,12 @@ class Generator:
   def sample(self, labels, cfg: float = 0.0, seed=0) -> jax.Array:
     """float32 images [B, H, W, 3] for int class `labels` [B] (B divisible by the device
     count), by MaskGIT decoding (config.sample: steps, choice temperature) with guidance
-    weight `cfg` (0: no unconditional pass). `seed`: an int, or a jax PRNG key."""
+    weight `cfg` (0: no unconditional pass). `seed`: an int, or a jax PRNG key.
+
+    With several processes every process passes the same `labels` (the global batch); each
+    decodes its devices' rows, and the result is the same as one process's."""
     rng = jax.random.key(seed) if isinstance(seed, (int, np.integer)) else seed
-    labels = parallel.global_batch({"label": np.asarray(labels, np.int32)}, self.mesh)["label"]
+    labels = parallel.shard_global(np.asarray(labels, np.int32), self.mesh)
     if cfg == 0:
       return self._sample_conditional(self.params, self.tokenizer.variables, labels, rng)
     return self._sample(self.params, self.tokenizer.variables, labels, rng,

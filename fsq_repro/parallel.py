@@ -86,6 +86,14 @@ def global_batch(local_batch: dict, mesh) -> dict:
           for k, v in local_batch.items()}
 
 
+def shard_global(array, mesh) -> jax.Array:
+  """A numpy array that every process holds whole (the global batch) -> a jax.Array sharded
+  over the data axis, each process supplying only its own devices' rows."""
+  array = np.asarray(array)
+  return jax.make_array_from_callback(array.shape, batch_sharding(mesh),
+                                      lambda index: array[index])
+
+
 def prefetch_to_device(local_batches: Iterator[dict], mesh, size: int = 2) -> Iterator[dict]:
   """`global_batch` of each of `local_batches`, built `size` batches ahead of its use.
 

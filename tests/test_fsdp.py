@@ -84,7 +84,8 @@ EIGHT_DEVICE_RUN = textwrap.dedent("""
         layout = factory.token_layout(config, num_classes=8)
         token_batches = tokens_lib.TokenBatches(tokens.reshape(16, 64), labels.reshape(16),
                                                 global_batch_size=8, seed=0)
-        train(f"stage2/{fsdp}", stage2.setup(config, layout, token_batches), config.mesh,
+        train(f"stage2/{fsdp}", stage2.setup(config, layout, token_batches=token_batches),
+              config.mesh,
               [{"tokens": t, "label": l} for t, l in zip(tokens, labels)])
     np.savez(sys.argv[1], **results)
 """)

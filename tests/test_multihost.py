@@ -89,7 +89,7 @@ EVAL_RUN = textwrap.dedent("""
     import jax
     import numpy as np
     from fsq_repro import api, config_lib, parallel
-    from fsq_repro.eval import evaluate, features
+    from fsq_repro.eval import evaluate, features, generate
 
     config_path, workdir, out, address = sys.argv[1:5]
     num_processes, process_id = int(sys.argv[5]), int(sys.argv[6])
@@ -104,7 +104,12 @@ EVAL_RUN = textwrap.dedent("""
     recon = evaluate.reconstruct_split(config, api.Tokenizer.from_workdir(workdir), network,
                                        parallel.make_mesh())
     stats = recon["pool_stats"]
-    np.savez(out, counts=np.bincount(recon["tokens"].ravel(), minlength=64),
+    # Sampling as --mode=sample and eval run it: every process asks for the same labels.
+    generator = api.Generator.from_workdir(workdir, config)
+    samples, sample_labels = generate.sample_many(generator, num_images=24, batch_size=8,
+                                                  cfg_alpha=0.1, seed=0)
+    np.savez(out, samples=samples, sample_labels=sample_labels,
+             counts=np.bincount(recon["tokens"].ravel(), minlength=64),
              num_images=len(recon["tokens"]),
              tokens=recon["tokens"], labels=recon["labels"], psnr=recon["psnr"],
              count=stats.count, feature_sum=stats.feature_sum, outer_sum=stats.outer_sum)
@@ -258,7 +263,8 @@ def test_two_processes_train_like_one(trained):
 @pytest.mark.slow
 def test_two_processes_evaluate_like_one(trained, tmp_path):
   """Eval-split reconstructions of the two-process tokenizer: usage counts, tokens, PSNR and
-  feature statistics from two processes equal those of one process reading the whole split."""
+  feature statistics from two processes equal those of one process reading the whole split;
+  and class-conditional samples (CFG 0.1) from two processes equal one process's."""
   config_path, _, two, _ = trained
   address = f"127.0.0.1:{free_port()}"
   check_finished({tmp_path / f"{i}.log": spawn(
@@ -281,6 +287,9 @@ def test_two_processes_evaluate_like_one(trained, tmp_path):
     np.testing.assert_array_equal(np.sort(two_run["labels"]), np.sort(one["labels"]))
     for key in ("psnr", "feature_sum", "outer_sum"):
       np.testing.assert_allclose(two_run[key], one[key], rtol=1e-5, err_msg=key)
+    assert two_run["samples"].shape == one["samples"].shape == (24, 16, 16, 3)
+    np.testing.assert_array_equal(two_run["sample_labels"], one["sample_labels"])
+    np.testing.assert_array_equal(two_run["samples"], one["samples"])
 
 
 def test_two_processes_gather_eval_statistics_like_one(tmp_path):
