@@ -16,12 +16,15 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-# Unit-level tests, two workers (compilation is single-threaded); a test file stays in one worker.
+# Unit-level tests on two workers (compilation is single-threaded); an idle worker takes
+# tests queued for the other.
 test: install
-	$(PY) -m pytest -q -m "not slow" -n 2 --dist loadfile
+	$(PY) -m pytest -q -m "not slow" -n 2 --dist worksteal --durations=10
 
+# End-to-end, multi-process and kill -9 tests, also on two workers; a test file stays in one
+# worker, so module fixtures (a trained two-process run) are built once.
 test-slow: install
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m slow -n 2 --dist loadfile --durations=10
 
 # The whole pipeline on the embedded dataset: FSQ and VQ at 2^6..2^12, Stage I, Stage II,
 # evaluation, then the table and figures in demo_out/. Rerunning reuses finished runs.
