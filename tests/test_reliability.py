@@ -11,8 +11,6 @@ import logging
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 
 import jax
@@ -336,16 +334,3 @@ def test_checkpoint_of_another_config_is_an_error_not_a_restart(tmp_path, abstra
     checkpointer.restore_or_init(lambda: pytest.fail("reinitialised"), abstract)
   assert "\n" not in str(error.value)
   assert checkpoints.finished_steps(directory) == [2, 4]
-
-
-@pytest.mark.slow
-def test_chaos_script_survives_one_trial_of_every_scenario(tmp_path):
-  # The tiny models: the script's machinery is under test here, not the demo's sizes.
-  sizes = [f"--set={k}={v}" for k, v in TINY.items() if not k.startswith(("stage1.", "stage2."))]
-  result = subprocess.run([sys.executable, "scripts/chaos.py", "--trials=1",
-                           f"--workdir={tmp_path / 'chaos'}", *sizes], cwd=chaos.ROOT,
-                          capture_output=True, text=True, timeout=3600)
-  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-  for scenario in ("stage1-kill9", "stage1-sigterm", "extraction-kill9", "stage2-kill9",
-                   "stage2-sigterm"):
-    assert f"{scenario:<18} 1/1" in result.stdout
