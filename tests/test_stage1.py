@@ -41,6 +41,7 @@ def test_training_reduces_reconstruction_loss(tiny_config, tmp_path, arg):
   assert saved["config"]["quantizer"]["kind"] == config.quantizer.kind
 
 
+@pytest.mark.slow  # three Stage I runs (100 s here); the checkpointer's units are in make test
 def test_resume_continues_the_same_trajectory_and_says_so(tiny_config, tmp_path, capsys):
   config = tiny_config()
   # Without the GAN (a third of the compile time); test_reliability resumes the GAN's state.
