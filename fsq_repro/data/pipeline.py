@@ -27,7 +27,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
-from fsq_repro import files  # pylint: disable=g-import-not-at-top
+from fsq_repro import files, parallel  # pylint: disable=g-import-not-at-top
 from fsq_repro.data import embedded  # pylint: disable=g-import-not-at-top
 from fsq_repro.data import image_folder  # pylint: disable=g-import-not-at-top
 
@@ -301,3 +301,14 @@ def create_split(
       epoch, step_in_epoch = epoch + 1, 0
 
   return batches()
+
+
+def train_batches(config, global_batch_size: int, start_step: int, keys=("image",)):
+  """This process's augmented training batches of config.dataset from `start_step`, holding
+  only `keys` (what the Stage I and the online Stage II train steps read)."""
+  for batch in create_split(
+      config.dataset.name, config.dataset.train_split,
+      batch_size=parallel.per_process_batch_size(global_batch_size),
+      image_size=config.dataset.image_size, train=True, seed=config.seed,
+      start_step=start_step, data_dir=config.dataset.data_dir):
+    yield {key: batch[key] for key in keys}

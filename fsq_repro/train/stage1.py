@@ -186,14 +186,7 @@ def setup(config: ml_collections.ConfigDict, perceptual_loss="from config") -> l
   autoencoder = factory.build_tokenizer(config)
   discriminator = factory.build_discriminator(config)
   optimizer = make_optimizer(s)
-  local_batch = parallel.per_process_batch_size(s.batch_size)
-
-  def batches(start_step):
-    for batch in pipeline.create_split(
-        config.dataset.name, config.dataset.train_split, batch_size=local_batch,
-        image_size=config.dataset.image_size, train=True, seed=config.seed,
-        start_step=start_step, data_dir=config.dataset.data_dir):
-      yield {"image": batch["image"]}
+  batches = functools.partial(pipeline.train_batches, config, s.batch_size)
 
   reconstruct = jax.jit(lambda variables, x: autoencoder.apply(variables, x, train=False)[0])
 

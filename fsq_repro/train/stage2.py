@@ -21,7 +21,7 @@ import ml_collections
 import optax
 from clu import parameter_overview
 
-from fsq_repro import api, checkpoints, parallel
+from fsq_repro import api, checkpoints
 from fsq_repro import workdir as workdir_lib
 from fsq_repro.data import extract, pipeline
 from fsq_repro.data import tokens as tokens_lib
@@ -103,14 +103,8 @@ def setup(config: ml_collections.ConfigDict, layout: transformer_lib.TokenLayout
   if tokenizer is None:
     batches, source = token_batches.iterate, f"{len(token_batches.tokens):,} token maps"
   else:
-    local_batch = parallel.per_process_batch_size(s.batch_size)
-
-    def batches(start_step):
-      for batch in pipeline.create_split(
-          config.dataset.name, config.dataset.train_split, batch_size=local_batch,
-          image_size=config.dataset.image_size, train=True, seed=config.seed,
-          start_step=start_step, data_dir=config.dataset.data_dir):
-        yield {"image": batch["image"], "label": batch["label"]}
+    batches = functools.partial(pipeline.train_batches, config, s.batch_size,
+                                keys=("image", "label"))
 
     source = "training images tokenized online"
 
