@@ -12,6 +12,15 @@ training_study.png (codes used per batch and reconstruction loss against Stage I
 the largest codebook of each quantizer, from the runs' stage1/metrics.jsonl). FSQ runs whose levels
 are not App. A.4.1's for their size are drawn as separate, labelled markers. Missing runs and
 null values leave gaps.
+
+Also draws two image grids from the runs' ADM-format eval/*.npz files (runs lacking the file
+are skipped, with one printed line naming them):
+figure5.png, the paper's Figure 5: non-cherry-picked class-conditional samples at the best
+alpha (eval/samples_cfg<best_cfg>.npz), the first few samples of each of a few classes in
+file order, an FSQ row against a VQ row, for the same two runs as figure4.png; and
+reconstructions.png: the first eval-split crops (eval/originals.npz of the first run that has
+one; left out, and the title says so, when none has) above each run's reconstructions of them
+(eval/reconstructions.npz), FSQ then VQ by codebook size.
 """
 
 import argparse
@@ -21,12 +30,14 @@ import json
 import math
 import os
 import sys
+import zipfile
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 from matplotlib import ticker  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
 
 from fsq_repro.quantizers.fsq import LEVELS_FOR_CODEBOOK_SIZE
 
@@ -260,6 +271,164 @@ def draw_training_study(root: str, results: list[dict]):
   return fig
 
 
+MIN_TILE_PX = 64  # images are upscaled (nearest neighbour) to at least this many pixels
+GROUP_GAP_PX = 8  # white pixels between figure5.png's class groups
+FIGURE5_CLASSES, FIGURE5_PER_CLASS = 4, 4
+NUM_RECONSTRUCTIONS = 8
+
+
+def read_adm_npz(path: str, with_labels: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+  """arr_0 (uint8 [N, H, W, 3]) and arr_1 (labels; None unless `with_labels`) of an ADM .npz.
+
+  Raises OSError when the file is missing, ValueError when it is not such a batch.
+  """
+  with np.load(path) as data:
+    images = data["arr_0"] if "arr_0" in data else None
+    labels = data["arr_1"] if with_labels and "arr_1" in data else None
+  if images is None or images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+    raise ValueError("arr_0 is not uint8 [N, H, W, 3]")
+  if with_labels and (labels is None or labels.shape != images.shape[:1]):
+    raise ValueError("arr_1 is not one label per image")
+  return images, labels
+
+
+def samples_filename(result: dict) -> str | None:
+  """eval/'s file of best-alpha samples, named as the eval names it ("samples_cfg0.1.npz")."""
+  best = result.get("best_cfg")
+  return None if best is None else f"samples_cfg{float(best):g}.npz"
+
+
+def read_runs(root: str, runs: list[dict], filename_of, figure: str,
+              with_labels: bool = True) -> list[tuple]:
+  """(run, images, labels) for each run whose <root>/<name>/eval/<filename_of(run)> reads;
+  prints one line naming the runs skipped and why."""
+  read, skipped = [], []
+  for r in runs:
+    filename = filename_of(r)
+    if filename is None:
+      skipped.append(f"{r['name']} (no best_cfg)")
+      continue
+    try:
+      path = os.path.join(root, r["name"], "eval", filename)
+      read.append((r, *read_adm_npz(path, with_labels)))
+    except FileNotFoundError:
+      skipped.append(f"{r['name']} (no eval/{filename})")
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+      skipped.append(f"{r['name']} (eval/{filename} unreadable: {e})")
+  if skipped:
+    print(f"{figure}: skipped {', '.join(skipped)}")
+  return read
+
+
+def upscale(images: np.ndarray) -> np.ndarray:
+  """Nearest-neighbour upscaling of uint8 [N, H, W, 3] images to at least MIN_TILE_PX rows."""
+  scale = max(1, math.ceil(MIN_TILE_PX / images.shape[1]))
+  return images.repeat(scale, axis=1).repeat(scale, axis=2)
+
+
+def tile_row(groups: list[np.ndarray], width: int, gap: int = 0) -> np.ndarray:
+  """One uint8 [H, W, 3] image: each group's [n, H, w, 3] images side by side, the group padded
+  with white to `width` images, and `gap` white columns between groups."""
+  _, h, w, _ = groups[0].shape
+  step = width * w + gap
+  row = np.full((h, len(groups) * step - gap, 3), 255, np.uint8)
+  for g, images in enumerate(groups):
+    for i, image in enumerate(images[:width]):
+      row[:, g * step + i * w:g * step + (i + 1) * w] = image
+  return row
+
+
+def first_of_each_class(labels: np.ndarray, classes: list[int], k: int) -> list[np.ndarray]:
+  """Indices of the first k samples of each class in file order: no selection by quality."""
+  return [np.flatnonzero(labels == c)[:k] for c in classes]
+
+
+def class_row(images: np.ndarray, labels: np.ndarray, classes: list[int], k: int):
+  """figure5.png's row of one run: the first k samples of each class, classes side by side,
+  and the (x position, "class c") tick of each class group."""
+  groups = [upscale(images[i]) for i in first_of_each_class(labels, classes, k)]
+  w = groups[0].shape[2]
+  ticks = [(g * (k * w + GROUP_GAP_PX) + k * w / 2, f"class {c}") for g, c in enumerate(classes)]
+  return tile_row(groups, k, GROUP_GAP_PX), ticks
+
+
+def run_label(result: dict) -> str:
+  """E.g. "FSQ [8,5,5,5] |C|=1000" or "VQ |C|=1024"."""
+  levels = result.get("levels")
+  levels = f" [{','.join(str(l) for l in levels)}]" if levels else ""
+  return f"{str(result.get('quantizer')).upper()}{levels} |C|={result.get('codebook_size')}"
+
+
+def draw_image_rows(rows: list[tuple[str, np.ndarray, list]], title: str):
+  """One axes per (label, uint8 image, x ticks) row, stacked, each label above its row."""
+  width = max(image.shape[1] for _, image, _ in rows)
+  heights = [image.shape[0] for _, image, _ in rows]
+  fig, axes = plt.subplots(len(rows), 1, squeeze=False, gridspec_kw={"height_ratios": heights},
+                           figsize=(max(6.0, width / 100), sum(h / 100 + 0.6 for h in heights)))
+  for ax, (label, image, ticks) in zip(axes[:, 0], rows):
+    ax.imshow(image, interpolation="nearest")
+    ax.set_title(label, loc="left", fontsize=9)
+    ax.set_xticks([x for x, _ in ticks], [text for _, text in ticks])
+    ax.set_yticks([])
+    ax.tick_params(length=0, labelsize=8)
+    for spine in ax.spines.values():
+      spine.set_visible(False)
+  fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  return fig
+
+
+def draw_figure5(root: str, results: list[dict], num_classes: int = FIGURE5_CLASSES,
+                 per_class: int = FIGURE5_PER_CLASS):
+  """Figure 5: best-alpha samples of `figure4_runs`, one row each, the first `per_class`
+  samples of the first `num_classes` classes all rows have; None if there are none."""
+  runs = read_runs(root, figure4_runs(results), samples_filename, "figure5.png")
+  if not runs:
+    return None
+  classes = sorted(set.intersection(*(set(labels.tolist()) for _, _, labels in runs)))
+  if not classes:
+    print("figure5.png: the runs' samples have no class in common")
+    return None
+  classes = classes[:num_classes]
+  rows = []
+  for r, images, labels in runs:
+    label = f"{run_label(r)}, alpha={float(r['best_cfg']):g}"
+    rows.append((label, *class_row(images, labels, classes, per_class)))
+  return draw_image_rows(rows, f"Non-cherry-picked samples at the best alpha: the first "
+                               f"{per_class} of each class in file order")
+
+
+def first_originals(root: str, runs: list[dict]) -> np.ndarray | None:
+  """arr_0 of the first of `runs` with a readable eval/originals.npz (eval-split crops)."""
+  for r in runs:
+    try:
+      return read_adm_npz(os.path.join(root, r["name"], "eval", "originals.npz"),
+                          with_labels=False)[0]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+      continue
+  return None
+
+
+def draw_reconstructions(root: str, results: list[dict], count: int = NUM_RECONSTRUCTIONS):
+  """The first `count` eval crops (if some run has eval/originals.npz) above each run's
+  reconstructions of them, runs by quantizer then |C|; None if no run has reconstructions."""
+  ordered = sorted(results, key=lambda r: (str(r.get("quantizer")), r.get("codebook_size") or 0))
+  runs = read_runs(root, ordered, lambda r: "reconstructions.npz", "reconstructions.png",
+                   with_labels=False)
+  if not runs:
+    return None
+  rows = [(run_label(r), tile_row([upscale(images[:count])], count), [])
+          for r, images, _ in runs]
+  originals = first_originals(root, ordered)
+  if originals is None:
+    print("reconstructions.png: no run has eval/originals.npz; drawing the reconstructions only")
+    return draw_image_rows(rows, f"Reconstructions of the first {count} eval-split images "
+                                 "(originals not shown: no run has eval/originals.npz)")
+  rows.insert(0, ("validation crops (eval split)", tile_row([upscale(originals[:count])], count),
+                  []))
+  return draw_image_rows(rows, f"The first {count} eval-split images and their reconstructions")
+
+
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--sweep", required=True, help="sweep root holding <name>/results.json")
@@ -279,9 +448,14 @@ def main(argv: list[str] | None = None) -> int:
   print(table)
   if missing:
     print(f"no results yet (gaps in the figures): {', '.join(missing)}")
-  figures = {"figure3.png": draw_figure3(results), "figure4.png": draw_figure4(results),
-             "training_study.png": draw_training_study(args.sweep, results)}
-  for filename, fig in figures.items():
+  # Drawn one at a time, so a figure that fails leaves the ones before it written.
+  figures = {"figure3.png": lambda: draw_figure3(results),
+             "figure4.png": lambda: draw_figure4(results),
+             "training_study.png": lambda: draw_training_study(args.sweep, results),
+             "figure5.png": lambda: draw_figure5(args.sweep, results),
+             "reconstructions.png": lambda: draw_reconstructions(args.sweep, results)}
+  for filename, draw in figures.items():
+    fig = draw()
     if fig is None:
       print(f"{filename} not written: no run has the data for it")
       continue

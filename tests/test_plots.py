@@ -5,6 +5,7 @@ import json
 import math
 
 import numpy as np
+from PIL import Image
 
 from scripts import plot_figures
 
@@ -144,3 +145,122 @@ def test_no_results_is_a_clear_error(tmp_path, capsys):
   assert plot_figures.main([f"--sweep={tmp_path / 'sweep'}", f"--out={tmp_path / 'out'}"]) == 1
   assert "error: no results under" in capsys.readouterr().err
   assert not (tmp_path / "out").exists()
+
+
+def write_npz(path, images, labels=None):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  arrays = {"arr_0": images} if labels is None else {"arr_0": images, "arr_1": np.asarray(labels)}
+  np.savez(path, **arrays)
+
+
+def random_images(rng, n, size=16):
+  return rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+SWEPT = {"sampling_fid_by_cfg": {"0": 3.0, "0.1": 2.0}, "precision_by_cfg": {"0": 0.5},
+         "recall_by_cfg": {"0": 0.5}}
+IMAGE_RESULTS = {  # figure4_runs picks fsq_2p10 and vq_2p10 (nearest 2^10 codes)
+    "fsq_2p8": fake_result("fsq", [8, 6, 5], 240, best_cfg=0.0, **SWEPT),
+    "fsq_2p10": fake_result("fsq", [8, 5, 5, 5], 1000, best_cfg=0.1, **SWEPT),
+    "vq_2p10": fake_result("vq", None, 1024, best_cfg=0.0, **SWEPT),
+}
+
+
+def test_figure5_and_reconstructions_are_written(tmp_path, capsys):
+  rng = np.random.default_rng(0)
+  sweep = tmp_path / "sweep"
+  write_sweep(sweep, IMAGE_RESULTS, list(IMAGE_RESULTS))
+  labels = np.tile(np.arange(6), 5)  # 30 samples, classes 0..5
+  write_npz(sweep / "fsq_2p10" / "eval" / "samples_cfg0.1.npz", random_images(rng, 30), labels)
+  write_npz(sweep / "vq_2p10" / "eval" / "samples_cfg0.npz", random_images(rng, 30), labels)
+  for name in IMAGE_RESULTS:
+    write_npz(sweep / name / "eval" / "reconstructions.npz", random_images(rng, 10), np.zeros(10))
+  originals = random_images(rng, 10)
+  write_npz(sweep / "vq_2p10" / "eval" / "originals.npz", originals, np.zeros(10))
+  out = tmp_path / "out"
+  assert plot_figures.main([f"--sweep={sweep}", f"--out={out}"]) == 0
+
+  stdout = capsys.readouterr().out
+  assert f"wrote {out / 'figure5.png'}" in stdout and f"wrote {out / 'reconstructions.png'}" in stdout
+  assert "skipped" not in stdout
+  # 16 px images at 4x: figure5 has 4 classes x 4 samples x 64 px (+ gaps) across, 2 rows;
+  # reconstructions has 8 x 64 px across, 1 + 3 rows.
+  with Image.open(out / "figure5.png") as image:
+    width, height = image.size
+  assert width >= 16 * 64 and 2 * 64 <= height < width
+  with Image.open(out / "reconstructions.png") as image:
+    width, height = image.size
+  assert width >= 8 * 64 and height >= 4 * 64
+
+  fig = plot_figures.draw_reconstructions(str(sweep), [r | {"name": n}
+                                                       for n, r in IMAGE_RESULTS.items()])
+  assert [ax.get_title(loc="left") for ax in fig.axes] == [
+      "validation crops (eval split)", "FSQ [8,6,5] |C|=240", "FSQ [8,5,5,5] |C|=1000",
+      "VQ |C|=1024"]
+  top = np.asarray(fig.axes[0].images[0].get_array())
+  np.testing.assert_array_equal(top, np.concatenate(list(originals[:8].repeat(4, 1).repeat(4, 2)),
+                                                    axis=1))
+
+
+def test_figure5_rows_are_the_first_samples_of_each_class_upscaled(tmp_path):
+  rng = np.random.default_rng(1)
+  labels = np.array([5, 2, 9, 2, 5, 2, 7, 2, 1, 5, 3])
+  fsq_images, vq_images = random_images(rng, 11), random_images(rng, 11)
+  write_npz(tmp_path / "fsq_2p10" / "eval" / "samples_cfg0.1.npz", fsq_images, labels)
+  write_npz(tmp_path / "vq_2p10" / "eval" / "samples_cfg0.npz", vq_images, labels[::-1])
+  results = [r | {"name": n} for n, r in IMAGE_RESULTS.items()]
+
+  assert [list(i) for i in plot_figures.first_of_each_class(labels, [2, 5], 2)] == [[1, 3], [0, 4]]
+  fig = plot_figures.draw_figure5(str(tmp_path), results, num_classes=2, per_class=3)
+  fsq_ax, vq_ax = fig.axes
+  assert fsq_ax.get_title(loc="left") == "FSQ [8,5,5,5] |C|=1000, alpha=0.1"
+  assert vq_ax.get_title(loc="left") == "VQ |C|=1024, alpha=0"
+  assert [t.get_text() for t in fsq_ax.get_xticklabels()] == ["class 1", "class 2"]
+  row = np.asarray(fsq_ax.images[0].get_array())
+  tile, gap = 64, plot_figures.GROUP_GAP_PX  # 16 px upscaled 4x
+  assert row.shape == (tile, 2 * 3 * tile + gap, 3)
+  assert (row[:, tile:3 * tile + gap] == 255).all()  # class 1 has one sample: white padding
+  # Class 2's samples are 1, 3, 5 (the first three in file order, not 7), after class 1's group.
+  for slot, index in enumerate([1, 3, 5]):
+    x = 3 * tile + gap + slot * tile
+    np.testing.assert_array_equal(row[:, x:x + tile], fsq_images[index].repeat(4, 0).repeat(4, 1))
+  np.testing.assert_array_equal(row[4 * 5 + 1, 4 * 7 + 2], fsq_images[8][5, 7])  # class 1: #8
+  vq_row = np.asarray(vq_ax.images[0].get_array())  # reversed labels: class 1 is sample 2
+  np.testing.assert_array_equal(vq_row[:tile, :tile], vq_images[2].repeat(4, 0).repeat(4, 1))
+
+
+def test_missing_npz_files_are_skipped_with_a_message(tmp_path, capsys):
+  rng = np.random.default_rng(2)
+  sweep = tmp_path / "sweep"
+  write_sweep(sweep, IMAGE_RESULTS, list(IMAGE_RESULTS))
+  write_npz(sweep / "fsq_2p10" / "eval" / "samples_cfg0.1.npz", random_images(rng, 4), [0, 0, 1, 1])
+  (sweep / "vq_2p10" / "eval").mkdir()
+  (sweep / "vq_2p10" / "eval" / "reconstructions.npz").write_bytes(b"not an npz")
+  write_npz(sweep / "fsq_2p8" / "eval" / "reconstructions.npz", random_images(rng, 3), [0, 1, 2])
+  out = tmp_path / "out"
+  assert plot_figures.main([f"--sweep={sweep}", f"--out={out}"]) == 0
+
+  stdout = capsys.readouterr().out
+  assert "figure5.png: skipped vq_2p10 (no eval/samples_cfg0.npz)" in stdout
+  skipped = [line for line in stdout.splitlines() if line.startswith("reconstructions.png: skipped")]
+  assert len(skipped) == 1 and "fsq_2p10 (no eval/reconstructions.npz)" in skipped[0]
+  assert "vq_2p10 (eval/reconstructions.npz unreadable" in skipped[0]
+  assert "no run has eval/originals.npz" in stdout
+  for name in ("results.csv", "figure3.png", "figure4.png", "figure5.png", "reconstructions.png"):
+    assert (out / name).exists()  # FSQ's row alone; reconstructions without the originals
+  fig = plot_figures.draw_reconstructions(str(sweep), [r | {"name": n}
+                                                       for n, r in IMAGE_RESULTS.items()])
+  assert [ax.get_title(loc="left") for ax in fig.axes] == ["FSQ [8,6,5] |C|=240"]
+  assert "originals not shown" in fig.get_suptitle()
+  row = np.asarray(fig.axes[0].images[0].get_array())
+  assert row.shape == (64, 8 * 64, 3) and (row[:, 3 * 64:] == 255).all()  # 3 of 8, padded
+
+
+def test_nothing_to_draw_writes_no_image(tmp_path, capsys):
+  write_sweep(tmp_path / "sweep")  # no eval/*.npz at all
+  out = tmp_path / "out"
+  assert plot_figures.main([f"--sweep={tmp_path / 'sweep'}", f"--out={out}"]) == 0
+  stdout = capsys.readouterr().out
+  assert "figure5.png not written" in stdout and "reconstructions.png not written" in stdout
+  assert not (out / "figure5.png").exists() and not (out / "reconstructions.png").exists()
+  assert (out / "figure4.png").exists()
