@@ -126,16 +126,22 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.num_images = 50_000  # reconstruction FID, usage and PSNR on the eval split
   c.eval.batch_size = 250
-  c.eval.feature_network = "auto"  # "inception" (weights required), "offline", or "auto"
+  # "auto": Inception, whose weights every dataset but the embedded one requires (eval
+  # stops without them); "inception"; "offline": the offline classifier, named in results.
+  c.eval.feature_network = "auto"
   c.eval.inception_weights = ml_collections.FieldReference(None, field_type=str)
+  # ADM's reference batch (VIRTUAL_imagenet256_labeled.npz, ...): sampling FID, sFID and
+  # precision/recall against it, as the paper's numbers. None: our training-split batch.
+  c.eval.reference_npz = ml_collections.FieldReference(None, field_type=str)
   c.eval.cfg_sweep = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25)
   c.eval.num_sample_images = 50_000  # per CFG value, for sampling FID
+  c.eval.keep_samples = "best"  # samples_cfg<alpha>.npz of the best alpha, "all" or "none"
   c.eval.num_reference_images = 10_000  # precision/recall reference set
   # "adm": the ADM suite's float16-first distances, so precision/recall equal the suite's
   # (the paper's numbers); "exact": float32 (eval/precision_recall.py).
   c.eval.precision_recall = "adm"
   c.eval.compression_num_images = 10_000
-  c.eval.range_coding_images = 64
+  c.eval.range_coding_images = 64  # real range coding of the first of those maps (all: 10_000)
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.fsdp = False  # shard large parameters over the data axis
@@ -245,6 +251,9 @@ def validate(config, *, num_devices: int, stage: str) -> None:
                      f"{factor} of model.channel_multipliers")
   if stage == "stage1":  # the perceptual loss asked for must have its weights
     perceptual.check_available(config.stage1.perceptual_loss, config.stage1.perceptual_weights)
+  if stage == "eval":  # the feature network's weights, the reference batch
+    from fsq_repro.eval import evaluate  # pylint: disable=g-import-not-at-top
+    evaluate.check_config(config)
   stage_config = config[stage] if stage in config else None
   if stage_config is not None and "batch_size" in stage_config:
     batch = stage_config.batch_size

@@ -209,13 +209,28 @@ def test_auto_falls_back_to_the_offline_network(monkeypatch, tmp_path, data_dir,
 
 def test_inception_without_weights_says_how_to_get_them(monkeypatch):
   monkeypatch.delenv(inception.WEIGHTS_ENV_VAR, raising=False)
-  with pytest.raises(FileNotFoundError,
-                     match=r"scripts/convert_weights\.py.*FSQ_INCEPTION_WEIGHTS"):
+  with pytest.raises(ValueError,
+                     match=r"FSQ_INCEPTION_WEIGHTS.*scripts/convert_weights\.py inception"):
     features.get_feature_network("inception")
 
 
+@pytest.mark.parametrize("kind", ["auto", "inception"])
+def test_datasets_but_the_embedded_one_require_the_inception_weights(monkeypatch, kind):
+  """No silent offline FIDs on ImageNet: "auto" falls back only on the embedded dataset."""
+  monkeypatch.delenv(inception.WEIGHTS_ENV_VAR, raising=False)
+  with pytest.raises(ValueError, match=f"eval.feature_network='{kind}' on imagenet2012 needs "
+                     r"the FID Inception weights at \$FSQ_INCEPTION_WEIGHTS \(unset\).*"
+                     r"convert_weights\.py inception.*eval\.feature_network=offline"):
+    features.check_available(kind, None, "imagenet2012")
+  with pytest.raises(ValueError, match="eval.inception_weights='/no/such.msgpack'"):
+    features.check_available(kind, "/no/such.msgpack", "imagenet2012")
+  features.check_available("offline", None, "imagenet2012")  # asked for by name
+  if kind == "auto":
+    features.check_available(kind, None, "fsq_photo_crops")  # the embedded dataset
+
+
 def test_unknown_kind_is_rejected():
-  with pytest.raises(ValueError, match="kind='vgg' must be one of"):
+  with pytest.raises(ValueError, match="eval.feature_network='vgg' is unknown"):
     features.get_feature_network("vgg")
 
 

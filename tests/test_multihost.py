@@ -10,13 +10,16 @@ devices: the same per-device programs as the two processes, so the results agree
 float32 round-off of the cross-device sums. Stage II batches are slices of one global batch
 of the shared token files (`tokens.TokenBatches`), so there the reference only needs the
 same token files: it trains on a copy of the ones the two processes extracted.
-Evaluation covers the whole eval split, in any order, so there the reference is simply one
-process: usage counts and tokens must be equal, FID statistics equal up to round-off.
+Evaluation reads exact, non-overlapping slices of the eval split and puts the tokens back in
+split order, and sampling generates each process's rows of the same global batches, so there
+the reference is simply one process: usage counts, tokens and samples must be equal, FID
+statistics and results.json equal up to round-off.
 The training and evaluation runs take minutes and are marked slow (`make test-slow`).
 """
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -48,9 +51,16 @@ CONFIG = textwrap.dedent("""
       s.num_train_steps = 3
       s.log_every_steps = 1
       s.checkpoint_every_steps = 3
-      # The whole eval split: a two-process run's first N images are another subset.
-      c.eval.num_images = 1024
+      c.eval.num_images = 200  # the first 200: not a multiple of either process's batch
       c.eval.batch_size = 64
+      c.eval.cfg_sweep = (0.0, 0.1)
+      c.eval.num_sample_images = 48
+      c.eval.num_reference_images = 256
+      c.eval.compression_num_images = 64
+      c.eval.range_coding_images = 4
+      c.sample.num_images = 24
+      c.sample.batch_size = 8
+      c.sample.cfg = 0.1
       return c
 """)
 
@@ -89,7 +99,7 @@ EVAL_RUN = textwrap.dedent("""
     import jax
     import numpy as np
     from fsq_repro import api, config_lib, parallel
-    from fsq_repro.eval import evaluate, features, generate
+    from fsq_repro.eval import evaluate, features
 
     config_path, workdir, out, address = sys.argv[1:5]
     num_processes, process_id = int(sys.argv[5]), int(sys.argv[6])
@@ -104,12 +114,7 @@ EVAL_RUN = textwrap.dedent("""
     recon = evaluate.reconstruct_split(config, api.Tokenizer.from_workdir(workdir), network,
                                        parallel.make_mesh())
     stats = recon["pool_stats"]
-    # Sampling as --mode=sample and eval run it: every process asks for the same labels.
-    generator = api.Generator.from_workdir(workdir, config)
-    samples, sample_labels = generate.sample_many(generator, num_images=24, batch_size=8,
-                                                  cfg_alpha=0.1, seed=0)
-    np.savez(out, samples=samples, sample_labels=sample_labels,
-             counts=np.bincount(recon["tokens"].ravel(), minlength=64),
+    np.savez(out, counts=np.bincount(recon["tokens"].ravel(), minlength=64),
              num_images=len(recon["tokens"]),
              tokens=recon["tokens"], labels=recon["labels"], psnr=recon["psnr"],
              count=stats.count, feature_sum=stats.feature_sum, outer_sum=stats.outer_sum)
@@ -262,10 +267,45 @@ def test_two_processes_train_like_one(trained):
 
 @pytest.mark.slow
 def test_two_processes_evaluate_like_one(trained, tmp_path):
-  """Eval-split reconstructions of the two-process tokenizer: usage counts, tokens, PSNR and
-  feature statistics from two processes equal those of one process reading the whole split;
-  and class-conditional samples (CFG 0.1) from two processes equal one process's."""
+  """`--mode=sample` and `--mode=eval` on two processes write what one process writes: the
+  same samples.npz, the same results.json (counts exact, FIDs to round-off); and the eval
+  split's reconstructions give equal usage counts and token maps, in split order, and FID
+  statistics equal to 1e-6."""
   config_path, _, two, _ = trained
+  runs = {name: tmp_path / name for name in ("two", "one")}
+  for workdir in runs.values():
+    shutil.copytree(two, workdir, ignore=shutil.ignore_patterns("eval", "samples", "*.log"))
+  for mode in ("sample", "eval"):  # one process first: it trains the offline network once
+    log = tmp_path / f"one-{mode}.log"
+    check_finished({log: spawn(["-m", "fsq_repro.main", f"--mode={mode}",
+                                f"--config={config_path}", f"--workdir={runs['one']}"], 1,
+                               log)}, f"one-process {mode}")
+    run_two_processes(mode, config_path, runs["two"])
+  samples = [np.load(w / "samples" / "cfg_0.1" / "samples.npz") for w in runs.values()]
+  assert samples[0]["arr_0"].shape == (24, 16, 16, 3)
+  for key in ("arr_0", "arr_1"):
+    np.testing.assert_array_equal(samples[0][key], samples[1][key])
+  two_results, one_results = (json.load(open(w / "results.json")) for w in runs.values())
+  assert set(two_results) == set(one_results)
+  assert one_results["num_eval_images"] == 200 and one_results["fid_features"].startswith(
+      "offline")
+  for key, value in one_results.items():
+    if key in ("eval_seconds",):
+      continue
+    if isinstance(value, float):
+      np.testing.assert_allclose(two_results[key], value, rtol=1e-6, err_msg=key)
+    elif isinstance(value, dict):
+      np.testing.assert_allclose([two_results[key][a] for a in sorted(value)],
+                                 [value[a] for a in sorted(value)], rtol=1e-6, err_msg=key)
+    else:
+      assert two_results[key] == value, key
+  best = f"{one_results['best_cfg']:g}"
+  a, b = (np.load(w / "eval" / f"samples_cfg{best}.npz") for w in runs.values())
+  for key in ("arr_0", "arr_1"):
+    np.testing.assert_array_equal(a[key], b[key])
+  a, b = (np.load(w / "eval" / "reconstructions.npz") for w in runs.values())
+  assert a["arr_0"].shape == b["arr_0"].shape == (200, 16, 16, 3)  # rows in gathered order
+
   address = f"127.0.0.1:{free_port()}"
   check_finished({tmp_path / f"{i}.log": spawn(
       ["-c", EVAL_RUN, str(config_path), str(two), str(tmp_path / f"{i}.npz"), address, "2",
@@ -273,23 +313,16 @@ def test_two_processes_evaluate_like_one(trained, tmp_path):
   check_finished({tmp_path / "one.log": spawn(
       ["-c", EVAL_RUN, str(config_path), str(two), str(tmp_path / "one.npz"), "", "1", "0"],
       1, tmp_path / "one.log")}, "one-process evaluation")
-
   one = np.load(tmp_path / "one.npz")
-  assert one["count"] == one["num_images"] == 1024 and one["counts"].sum() == 1024 * 64
-  # One process visits the split in order; two interleave their slices batch by batch.
-  order = np.lexsort(one["tokens"].reshape(1024, -1).T)
+  assert one["count"] == one["num_images"] == 200 and one["counts"].sum() == 200 * 64
   for i in range(2):
     two_run = np.load(tmp_path / f"{i}.npz")
     np.testing.assert_array_equal(two_run["counts"], one["counts"])
     assert two_run["count"] == one["count"]
-    two_order = np.lexsort(two_run["tokens"].reshape(1024, -1).T)
-    np.testing.assert_array_equal(two_run["tokens"][two_order], one["tokens"][order])
-    np.testing.assert_array_equal(np.sort(two_run["labels"]), np.sort(one["labels"]))
+    np.testing.assert_array_equal(two_run["tokens"], one["tokens"])  # split order on both
+    np.testing.assert_array_equal(two_run["labels"], one["labels"])
     for key in ("psnr", "feature_sum", "outer_sum"):
-      np.testing.assert_allclose(two_run[key], one[key], rtol=1e-5, err_msg=key)
-    assert two_run["samples"].shape == one["samples"].shape == (24, 16, 16, 3)
-    np.testing.assert_array_equal(two_run["sample_labels"], one["sample_labels"])
-    np.testing.assert_array_equal(two_run["samples"], one["samples"])
+      np.testing.assert_allclose(two_run[key], one[key], rtol=1e-6, err_msg=key)
 
 
 def test_two_processes_gather_eval_statistics_like_one(tmp_path):

@@ -11,9 +11,9 @@ MaskGIT never published its training input code; we use the usual recipe of
 its VQGAN lineage. Train takes a random square crop whose side is the image's
 short side, resizes it to `image_size` and flips it horizontally with
 probability 1/2 (the same as resizing the short side, then random-cropping);
-eval resizes the short side and takes the center crop. Images are float32 in
-[0, 1]. Every batch also carries `mask` (False marks padding, see
-`create_split`).
+eval resizes the short side and takes the center crop (`crop="center"`), or crops as ADM's
+reference batches were made (`crop="adm"`, data/adm_crop.py). Images are float32 in [0, 1].
+Every batch also carries `mask` (False marks padding, see `create_split`).
 """
 
 import math
@@ -28,6 +28,7 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top
 import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
 from fsq_repro import files, parallel  # pylint: disable=g-import-not-at-top
+from fsq_repro.data import adm_crop  # pylint: disable=g-import-not-at-top
 from fsq_repro.data import embedded  # pylint: disable=g-import-not-at-top
 from fsq_repro.data import image_folder  # pylint: disable=g-import-not-at-top
 
@@ -150,11 +151,15 @@ def _epoch_seeds(seed: int, epoch: int, process_index: int) -> tuple[int, list]:
   return int(shuffle_seed), [int(k) for k in augment_key]
 
 
+CROPS = ("center", "adm")
+
+
 def _epoch_dataset(builder, shard, *, shard_size: int, steps: int,
                    batch_size: int, image_size: int, train: bool, seed: int,
                    epoch: int, process_index: int,
-                   skip: int) -> tf.data.Dataset:
-  """One epoch's batches from `skip` examples in: `steps` full batches."""
+                   skip: int, crop: str = "center", shard_offset: int = 0) -> tf.data.Dataset:
+  """One epoch's batches from `skip` examples in: `steps` full batches. Without `train`,
+  each example also carries `index`, its position in the split (-1 for padding)."""
   shuffle_seed, augment_key = _epoch_seeds(seed, epoch, process_index)
   records = builder.as_dataset(
       split=shard, shuffle_files=train,
@@ -169,28 +174,62 @@ def _epoch_dataset(builder, shard, *, shard_size: int, steps: int,
   num_real = min(shard_size, steps * batch_size)
 
   def decode(index, record):
-    image = tf.io.decode_image(record["image"], channels=3,
-                               expand_animations=False)
-    augment_seed = None
-    if train:
-      augment_seed = tf.random.experimental.stateless_fold_in(
-          tf.constant(augment_key, tf.int64), index)
-    return {"image": preprocess_image(image, image_size, augment_seed),
-            "label": tf.cast(record["label"], tf.int32),
-            "mask": tf.constant(True)}
+    example = {"label": tf.cast(record["label"], tf.int32), "mask": tf.constant(True)}
+    if crop == "adm" and not train:
+      example["image"] = _adm_crop(record["image"], image_size)
+    else:
+      image = tf.io.decode_image(record["image"], channels=3, expand_animations=False)
+      augment_seed = None
+      if train:
+        augment_seed = tf.random.experimental.stateless_fold_in(
+            tf.constant(augment_key, tf.int64), index)
+      example["image"] = preprocess_image(image, image_size, augment_seed)
+    if not train:
+      example["index"] = index + shard_offset
+    return example
 
   # Skip before decoding so that resuming costs only reading the records.
   examples = records.take(num_real).enumerate().skip(skip).map(
       decode, num_parallel_calls=tf.data.AUTOTUNE)
   num_padding = steps * batch_size - num_real
   if num_padding:
-    padding = tf.data.Dataset.from_tensors({
-        "image": tf.zeros([image_size, image_size, 3], tf.float32),
-        "label": tf.constant(0, tf.int32),
-        "mask": tf.constant(False)}).repeat(num_padding)
+    fill = {"image": tf.zeros([image_size, image_size, 3], tf.float32),
+            "label": tf.constant(0, tf.int32), "mask": tf.constant(False)}
+    if not train:
+      fill["index"] = tf.constant(-1, tf.int64)
+    padding = tf.data.Dataset.from_tensors(fill).repeat(num_padding)
     examples = examples.concatenate(padding.skip(max(0, skip - num_real)))
   return examples.batch(batch_size, drop_remainder=True).prefetch(
       tf.data.AUTOTUNE)
+
+
+def _adm_crop(encoded: tf.Tensor, image_size: int) -> tf.Tensor:
+  """Encoded bytes -> float32 [image_size, image_size, 3] in [0, 1] by ADM's PIL crop."""
+  pixels = tf.numpy_function(adm_crop.decode_and_crop, [encoded, image_size], tf.uint8,
+                             stateful=False)
+  pixels.set_shape([image_size, image_size, 3])
+  return tf.cast(pixels, tf.float32) / 255.0
+
+
+def first_examples(dataset_name: str, split: str, num_examples: int, *,
+                   data_dir: str | None = None) -> str:
+  """The split string of the first `num_examples` examples of `split` (all, if it has fewer),
+  e.g. ('validation', 1000) -> 'validation[0:1000]'; works on sliced and '+'-joined splits."""
+  _check_positive(num_examples=num_examples)
+  splits = _prepared_builder(dataset_name, data_dir).info.splits
+  try:
+    ranges = tfds.core.ReadInstruction.from_spec(split).to_absolute(splits)
+  except (KeyError, ValueError, AssertionError) as e:
+    raise ValueError(f"split={split!r} of {dataset_name}: {e}") from e
+  parts, left = [], num_examples
+  for r in ranges:
+    start = r.from_ or 0
+    end = splits[r.splitname].num_examples if r.to is None else r.to
+    take = min(left, end - start)
+    if take > 0:
+      parts.append(f"{r.splitname}[{start}:{start + take}]")
+      left -= take
+  return "+".join(parts)
 
 
 def _process_shards(builder, split: str, *, process_count: int,
@@ -236,6 +275,7 @@ def create_split(
     process_count: int | None = None,
     drop_remainder: bool | None = None,
     num_epochs: int | None = None,
+    crop: str = "center",
 ) -> Iterator[dict[str, np.ndarray]]:
   """This process's batches of `split`: {'image', 'label', 'mask'} numpy dicts.
 
@@ -258,10 +298,13 @@ def create_split(
       whose `mask` is False. Default: `train`.
     num_epochs: epochs counted from step 0 (None: forever when training,
       1 otherwise).
+    crop: without `train`, "center" (crop, then TF bicubic) or "adm" (ADM's
+      reference-batch preprocessing, data/adm_crop.py).
 
   Returns:
     An iterator of dicts: 'image' float32 [B, image_size, image_size, 3] in
-    [0, 1], 'label' int32 [B], 'mask' bool [B].
+    [0, 1], 'label' int32 [B], 'mask' bool [B]; without `train` also 'index'
+    int64 [B], each example's position in `split` (-1 for padding).
   """
   _check_positive(batch_size=batch_size, image_size=image_size)
   if not isinstance(seed, int) or seed < 0:
@@ -270,6 +313,8 @@ def create_split(
     raise ValueError(f"start_step={start_step!r} must be a non-negative int")
   if num_epochs is not None:
     _check_positive(num_epochs=num_epochs)
+  if crop not in CROPS:
+    raise ValueError(f"crop={crop!r} must be one of {CROPS}")
   if process_index is None:
     process_index = jax.process_index()
   if process_count is None:
@@ -291,7 +336,7 @@ def create_split(
         builder, shards[process_index], shard_size=sizes[process_index],
         steps=steps_per_epoch, batch_size=batch_size, image_size=image_size,
         train=train, seed=seed, epoch=epoch, process_index=process_index,
-        skip=skip)
+        skip=skip, crop=crop, shard_offset=sum(sizes[:process_index]))
 
   def batches():
     epoch, step_in_epoch = divmod(start_step, steps_per_epoch)

@@ -1,14 +1,16 @@
 """The feature network behind FID, sFID, IS and precision/recall, and streaming stats.
 
-Two networks share one interface: the FID Inception-v3 when its converted
-weights are found, else the offline classifier trained on the dataset's labels
-(fsq_repro.eval.offline_network). Every result must record the network's
-`name` (results.json's `fid_features`): FIDs from different networks are not
-comparable.
+Two networks share one interface: the FID Inception-v3, whose converted weights
+every dataset but the embedded one requires, and the offline classifier trained
+on the dataset's labels (fsq_repro.eval.offline_network), used on the embedded
+dataset when the weights are absent or wherever it is asked for by name. Every
+result records the network's `name` (results.json's `fid_features`): FIDs from
+different networks are not comparable.
 """
 
 import dataclasses
 import functools
+import os
 from typing import Callable, Iterable, Iterator
 
 from absl import logging
@@ -79,6 +81,30 @@ def offline_network(classifier: offline_lib.TrainedClassifier) -> FeatureNetwork
                         _bind_params(features, classifier.params))
 
 
+def check_available(kind: str, inception_weights: str | None, dataset_name: str) -> None:
+  """Raises ValueError (one line: the path, the conversion command) unless `kind` can be
+  built for `dataset_name`: Inception needs its weights, and "auto" falls back to the
+  offline classifier on the embedded dataset only."""
+  if kind not in KINDS:
+    raise ValueError(f"eval.feature_network={kind!r} is unknown; use one of {KINDS}")
+  if kind == "offline":
+    return
+  if inception_weights and not os.path.isfile(inception_weights):
+    where = f"eval.inception_weights={inception_weights!r} (not a file)"
+  elif inception.find_inception_weights(inception_weights):
+    return
+  elif kind == "auto" and dataset_name == pipeline.EMBEDDED_DATASET:
+    return
+  else:
+    where = f"${inception.WEIGHTS_ENV_VAR} (unset) or eval.inception_weights"
+  raise ValueError(
+      f"eval.feature_network={kind!r} on {dataset_name} needs the FID Inception weights at "
+      f"{where}: convert them with `python scripts/convert_weights.py inception "
+      "--torch=pt_inception-2015-12-05-6726825d.pth --out=inception_v3_2015.msgpack` and "
+      "pass --config.eval.inception_weights=inception_v3_2015.msgpack, or set "
+      "eval.feature_network=offline (FIDs then not comparable with the paper's)")
+
+
 def get_feature_network(kind: str = "auto", *, inception_weights: str | None = None,
                         dataset_name: str = pipeline.EMBEDDED_DATASET,
                         image_size: int = 32, data_dir: str | None = None,
@@ -90,7 +116,8 @@ def get_feature_network(kind: str = "auto", *, inception_weights: str | None = N
   Args:
     kind: "inception" (needs the converted weights), "offline" (the cached
       classifier of `dataset_name` at `image_size`, trained on first use) or
-      "auto" (Inception when its weights are found, else offline).
+      "auto" (Inception when its weights are found, else offline on the
+      embedded dataset; see `check_available`).
     inception_weights: the converted Inception weight file; default
       $FSQ_INCEPTION_WEIGHTS.
     dataset_name, image_size, data_dir: the offline network's training data.
@@ -99,17 +126,10 @@ def get_feature_network(kind: str = "auto", *, inception_weights: str | None = N
     offline_steps: the offline network's training steps (a different count
       is a different network, and is named so).
   """
-  if kind not in KINDS:
-    raise ValueError(f"kind={kind!r} must be one of {KINDS}")
+  check_available(kind, inception_weights, dataset_name)
   weights_path = None
   if kind != "offline":
     weights_path = inception.find_inception_weights(inception_weights)
-  if kind == "inception" and weights_path is None:
-    raise FileNotFoundError(
-        "kind='inception' needs the FID Inception weights: convert them with "
-        "`python scripts/convert_weights.py inception ...` and set "
-        f"${inception.WEIGHTS_ENV_VAR} (or pass inception_weights), or use "
-        "kind='offline'")
   if weights_path is not None:
     network = inception_network(weights_path)
   else:
