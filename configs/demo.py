@@ -62,7 +62,7 @@ def get_config(arg: str | None = None):
   c.eval.num_sample_images = 256  # per CFG value; sampling dominates the eval time
   c.eval.num_reference_images = 1024
   c.eval.compression_num_images = 256
-  c.eval.range_coding_images = 8
+  c.eval.range_coding_images = 256  # all the maps of the compression cost
   return c
 
 
