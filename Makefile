@@ -3,11 +3,18 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# cpu (the default), cuda12 (NVIDIA GPUs) or tpu: `make install ACCEL=tpu` adds the pinned jax's
+# accelerator plugin, jax[cuda12] or jax[tpu] at the version of requirements.txt.
+ACCEL ?= cpu
+ifeq ($(filter $(ACCEL),cpu cuda12 tpu),)
+$(error ACCEL=$(ACCEL) is unknown; use ACCEL=cpu, ACCEL=cuda12 or ACCEL=tpu)
+endif
+JAX_VERSION := $(shell sed -n 's/^jax==//p' requirements.txt)
 export TF_CPP_MIN_LOG_LEVEL := 2
 
 .PHONY: install test test-slow demo bench clean-venv
 
-install: $(STAMP)
+install: $(STAMP) $(VENV)/.installed-$(ACCEL)
 
 # Reinstalls only when the pins or the package metadata change.
 $(STAMP): requirements.txt pyproject.toml
@@ -15,6 +22,13 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+$(VENV)/.installed-cpu: $(STAMP)
+	touch $@
+
+$(VENV)/.installed-cuda12 $(VENV)/.installed-tpu: $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check "jax[$(ACCEL)]==$(JAX_VERSION)"
+	touch $@
 
 # Unit-level tests on two workers (compilation is single-threaded); an idle worker takes
 # tests queued for the other.

@@ -1,16 +1,25 @@
-"""Enumerates a config's sweep (its get_sweep()) and prints, runs, or prints TPU-pod commands.
+"""Enumerates a config's sweep (its get_sweep()) and prints, runs, or prints pod/cluster recipes.
 
   python scripts/sweep.py --config=configs/tradeoff_128.py --root=/data/runs/tradeoff_128 --print
   python scripts/sweep.py --config=configs/demo.py --root=/tmp/demo_sweep --run --only='fsq_*' \
       -- --config.stage1.num_train_steps=100
   python scripts/sweep.py --config=configs/maskgit_256.py --root=/mnt/shared/maskgit_256 \
-      --tpu=my-v4-64 --zone=us-central2-b
+      --tpu=my-v4-64 --zone=us-central2-b --accelerator_type=v4-64
+  python scripts/sweep.py --config=configs/maskgit_256.py --root=/shared/runs/maskgit_256 \
+      --slurm --nodes=4 --gpus_per_node=8 > maskgit_256.sbatch && sbatch maskgit_256.sbatch
 
 Every run gets the workdir <root>/<name> and three stages, stage1, stage2 and eval, each a
 `python -m fsq_repro.main` command from the repository root; arguments after `--` go to every
 command. main.py skips a stage that is already complete and resumes one from its checkpoints,
 so rerunning a sweep continues it. --run reruns a stage that exits with the preemption status
 (75). <root>/sweep.json lists the runs (merged with any earlier listing) for plot_figures.py.
+
+--tpu prints the whole pod recipe, to run from this checkout's root: create the TPU VM unless
+it exists, copy this checkout's commit (git archive) to every worker at --repo (default
+~/fsq_repro), install there with `make install ACCEL=tpu`, then one line per stage run on every
+worker with that environment's Python (jax.distributed finds its peers from the TPU
+environment). --slurm prints a batch script for a GPU cluster whose nodes share the checkout
+at --repo: one process per node (srun), installed with `make install ACCEL=cuda12`.
 """
 
 import argparse
@@ -28,6 +37,12 @@ from fsq_repro.checkpoints import PREEMPTED_EXIT_CODE
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGES = ("stage1", "stage2", "eval")
+TPU_REPO = "~/fsq_repro"  # where --tpu puts the code on the workers
+VENV_PYTHON = ".venv/bin/python"  # what `make install` creates, relative to the checkout
+# TPU VM images carry Python 3.10; the pins are tested on 3.11 (deadsnakes' build on Ubuntu).
+TPU_PYTHON_SETUP = ("command -v python3.11 > /dev/null || (sudo add-apt-repository -y "
+                    "ppa:deadsnakes/ppa && sudo apt-get update -q && sudo apt-get install -y -q "
+                    "python3.11 python3.11-venv make)")
 
 
 class SweepError(Exception):
@@ -106,11 +121,43 @@ def write_manifest(root: str, runs, config_file: str, overrides) -> str:
   return path
 
 
+def remote_cd(repo: str) -> str:
+  """`cd repo`, with a leading ~/ left for the remote shell to expand."""
+  return "cd ~/" + shlex.quote(repo[2:]) if repo.startswith("~/") else "cd " + shlex.quote(repo)
+
+
 def gcloud_line(command: str, tpu: str, zone: str, repo: str, worker: str = "all") -> str:
   """A gcloud ssh line running the shell `command` from `repo` on the TPU VM's workers."""
-  cd = "cd ~/" + shlex.quote(repo[2:]) if repo.startswith("~/") else "cd " + shlex.quote(repo)
   return (f"gcloud compute tpus tpu-vm ssh {shlex.quote(tpu)} --zone={shlex.quote(zone)} "
-          f"--worker={worker} --command={shlex.quote(cd + ' && ' + command)}")
+          f"--worker={worker} --command={shlex.quote(remote_cd(repo) + ' && ' + command)}")
+
+
+def checkout_commit() -> tuple[str, bool]:
+  """(this checkout's HEAD commit, whether tracked files differ from it)."""
+  def git(*args):
+    return subprocess.run(["git", "-C", REPO_ROOT, *args], capture_output=True, text=True,
+                          check=True).stdout.strip()
+  return git("rev-parse", "HEAD"), bool(git("status", "--porcelain", "--untracked-files=no"))
+
+
+def tpu_setup_lines(tpu: str, zone: str, repo: str, commit: str, accelerator_type: str,
+                    runtime_version: str) -> list[str]:
+  """Create-unless-present, code at `commit` onto every worker at `repo`, install there."""
+  archive = f"fsq_repro-{commit[:12]}.tar.gz"
+  tpu_q, zone_q = shlex.quote(tpu), shlex.quote(zone)
+  unpack = (f"{TPU_PYTHON_SETUP} && mkdir -p {repo} && tar -xzf ~/{archive} -C {repo} && "
+            f"{remote_cd(repo)} && make install ACCEL=tpu PYTHON=python3.11")
+  return [
+      f"gcloud compute tpus tpu-vm describe {tpu_q} --zone={zone_q} > /dev/null 2>&1 || "
+      f"gcloud compute tpus tpu-vm create {tpu_q} --zone={zone_q} "
+      f"--accelerator-type={shlex.quote(accelerator_type)} "
+      f"--version={shlex.quote(runtime_version)}",
+      f"git archive --format=tar.gz --output=/tmp/{archive} {commit}",
+      f"gcloud compute tpus tpu-vm scp /tmp/{archive} {tpu_q}:{archive} --zone={zone_q} "
+      "--worker=all",
+      f"gcloud compute tpus tpu-vm ssh {tpu_q} --zone={zone_q} --worker=all "
+      f"--command={shlex.quote(unpack)}",
+  ]
 
 
 def tpu_lines(runs, config_file: str, root: str, overrides, tpu: str, zone: str,
@@ -120,12 +167,44 @@ def tpu_lines(runs, config_file: str, root: str, overrides, tpu: str, zone: str,
   On a pod every host runs the same command; jax.distributed finds its peers from the TPU
   environment.
   """
-  manifest = ["python", "scripts/sweep.py", f"--config={config_file}", f"--root={root}",
+  manifest = [VENV_PYTHON, "scripts/sweep.py", f"--config={config_file}", f"--root={root}",
               f"--only={','.join(run['name'] for run in runs)}", "--print", "--", *overrides]
   lines = [gcloud_line(shlex.join(manifest) + " > /dev/null", tpu, zone, repo, worker="0")]
-  for step in sweep_steps(runs, config_file, root, overrides):
+  for step in sweep_steps(runs, config_file, root, overrides, python=VENV_PYTHON):
     lines.append(gcloud_line(shlex.join(step.argv), tpu, zone, repo))
   return lines
+
+
+def slurm_script(runs, config_file: str, root: str, overrides, *, repo: str, nodes: int,
+                 gpus_per_node: int, time_limit: str, job_name: str) -> str:
+  """An sbatch script: every stage of every run as one srun of one process per node."""
+  manifest = [VENV_PYTHON, "scripts/sweep.py", f"--config={config_file}", f"--root={root}",
+              f"--only={','.join(run['name'] for run in runs)}", "--print", "--", *overrides]
+  lines = [
+      "#!/bin/bash",
+      f"#SBATCH --job-name={job_name}",
+      f"#SBATCH --nodes={nodes}",
+      "#SBATCH --ntasks-per-node=1",
+      f"#SBATCH --gpus-per-node={gpus_per_node}",
+      f"#SBATCH --time={time_limit}",
+      "#SBATCH --requeue",
+      f"# Install once, on a node that shares {repo}: cd {repo} && make install ACCEL=cuda12",
+      "# One process per node sees all of its GPUs; jax.distributed finds its peers from",
+      "# SLURM's variables. A requeued job skips finished stages and resumes the current one.",
+      "set -uo pipefail",
+      remote_cd(repo),
+      "stage() {  # reruns a stage that exits 75 (preempted); stops on any other failure",
+      "  while true; do",
+      f'    srun --nodes={nodes} --ntasks-per-node=1 "$@"; status=$?',
+      '    [ "$status" -eq 0 ] && return 0',
+      '    [ "$status" -eq 75 ] || exit "$status"',
+      "  done",
+      "}",
+      shlex.join(manifest) + " > /dev/null",
+  ]
+  lines += ["stage " + shlex.join(step.argv)
+            for step in sweep_steps(runs, config_file, root, overrides, python=VENV_PYTHON)]
+  return "\n".join(lines) + "\n"
 
 
 def format_seconds(seconds: float) -> str:
@@ -193,15 +272,27 @@ def parse_args(argv: list[str]):
   mode = parser.add_mutually_exclusive_group(required=True)
   mode.add_argument("--print", action="store_true", help="print the commands")
   mode.add_argument("--run", action="store_true", help="run the commands here, in order")
-  mode.add_argument("--tpu", help="TPU VM name: print gcloud ssh commands for every worker")
+  mode.add_argument("--tpu", help="TPU VM name: print the pod recipe (create, copy, install, "
+                    "run every stage on every worker)")
+  mode.add_argument("--slurm", action="store_true",
+                    help="print an sbatch script for a multi-node GPU cluster")
   parser.add_argument("--zone", help="the TPU's zone (with --tpu)")
-  parser.add_argument("--repo", default=REPO_ROOT,
-                      help="checkout path on the TPU VMs (with --tpu; default: this checkout's)")
+  parser.add_argument("--accelerator_type", default="v4-32",
+                      help="TPU type to create if the VM does not exist (with --tpu)")
+  parser.add_argument("--runtime_version", default="tpu-ubuntu2204-base",
+                      help="TPU VM software version to create it with (with --tpu)")
+  parser.add_argument("--repo", help=f"checkout path on the workers (--tpu: default "
+                      f"{TPU_REPO}; --slurm: default this checkout, shared with the nodes)")
+  parser.add_argument("--nodes", type=int, default=1, help="nodes (with --slurm)")
+  parser.add_argument("--gpus_per_node", type=int, default=8, help="with --slurm")
+  parser.add_argument("--time", default="7-00:00:00", help="job time limit (with --slurm)")
   parser.add_argument("--max_preemptions", type=int, default=10,
                       help="reruns of a stage that exits with status 75 (with --run)")
   args = parser.parse_args(argv)
   if args.tpu and not args.zone:
     parser.error("--tpu needs --zone, e.g. --zone=us-central2-b")
+  if args.repo is None:
+    args.repo = TPU_REPO if args.tpu else REPO_ROOT
   return args, overrides
 
 
@@ -215,10 +306,24 @@ def main(argv: list[str] | None = None) -> int:
   config_file = repo_relative(args.config)
   root = args.root or os.path.join("runs", os.path.splitext(os.path.basename(args.config))[0])
   if args.tpu:  # the root is a path on the TPU VMs (a relative one: relative to --repo)
-    print(f"# {len(runs)} runs; run these lines in order; a stage that exits 75 (preempted) "
-          "resumes when its line is rerun")
+    commit, dirty = checkout_commit()
+    print(f"# {len(runs)} runs on TPU {args.tpu}: run these lines in order from this checkout's "
+          "root; a stage that exits 75 (preempted) resumes when its line is rerun. --root "
+          f"({root}) must be a directory every worker shares (a Filestore or gcsfuse mount).")
+    if dirty:
+      print(f"# warning: uncommitted changes are not in commit {commit[:12]}, which the "
+            "workers get; commit them first")
+    for line in tpu_setup_lines(args.tpu, args.zone, args.repo, commit,
+                                args.accelerator_type, args.runtime_version):
+      print(line)
     for line in tpu_lines(runs, config_file, root, overrides, args.tpu, args.zone, args.repo):
       print(line)
+    return 0
+  if args.slurm:
+    job_name = "fsq_" + os.path.splitext(os.path.basename(args.config))[0]
+    print(slurm_script(runs, config_file, root, overrides, repo=args.repo, nodes=args.nodes,
+                       gpus_per_node=args.gpus_per_node, time_limit=args.time,
+                       job_name=job_name), end="")
     return 0
   root = os.path.abspath(root)
   write_manifest(root, runs, config_file, overrides)

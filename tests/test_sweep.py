@@ -4,6 +4,7 @@ import json
 import math
 import os
 import shlex
+import subprocess
 
 import pytest
 
@@ -88,27 +89,87 @@ def test_overrides_after_double_dash_reach_every_command(tmp_path, capsys):
   assert all(r["overrides"] == overrides for r in manifest)
 
 
-def test_tpu_prints_gcloud_lines_for_all_workers(capsys):
+def test_tpu_prints_the_whole_pod_recipe(capsys):
+  """Create unless present, this commit onto every worker, install with ACCEL=tpu there, then
+  every stage on every worker with the installed Python; no path of this machine."""
   lines = print_commands(capsys, f"--config={REPO}/configs/maskgit_256.py", "--root=/mnt/runs",
-                         "--tpu=pod-a", "--zone=us-central2-b", "--repo=/home/me/fsq",
+                         "--tpu=pod-a", "--zone=us-central2-b", "--accelerator_type=v4-64",
                          "--", "--config.seed=3")
-  assert len(lines) == 1 + 6
-  manifest_line, stage_lines = shlex.split(lines[0]), lines[1:]
+  assert not any(REPO in line for line in lines)
+  commit, _ = sweep.checkout_commit()
+  create, archive, copy, install, manifest_line, *stage_lines = lines
+  assert create == ("gcloud compute tpus tpu-vm describe pod-a --zone=us-central2-b > /dev/null "
+                    "2>&1 || gcloud compute tpus tpu-vm create pod-a --zone=us-central2-b "
+                    "--accelerator-type=v4-64 --version=tpu-ubuntu2204-base")
+  tarball = f"fsq_repro-{commit[:12]}.tar.gz"
+  assert shlex.split(archive) == ["git", "archive", "--format=tar.gz",
+                                  f"--output=/tmp/{tarball}", commit]
+  assert shlex.split(copy) == ["gcloud", "compute", "tpus", "tpu-vm", "scp", f"/tmp/{tarball}",
+                               f"pod-a:{tarball}", "--zone=us-central2-b", "--worker=all"]
+  install = shlex.split(install)
+  assert install[:8] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "pod-a",
+                         "--zone=us-central2-b", "--worker=all"]
+  remote = install[8].removeprefix("--command=").split(" && ")
+  assert remote[-3:] == [f"tar -xzf ~/{tarball} -C ~/fsq_repro", "cd ~/fsq_repro",
+                         "make install ACCEL=tpu PYTHON=python3.11"]
+  assert "python3.11" in remote[0]  # TPU VM images carry Python 3.10
+
+  manifest_line = shlex.split(manifest_line)
   assert "--worker=0" in manifest_line
-  assert "scripts/sweep.py" in manifest_line[-1] and "--print" in manifest_line[-1]
+  assert manifest_line[-1].startswith("--command=cd ~/fsq_repro && .venv/bin/python "
+                                      "scripts/sweep.py")
+  assert len(stage_lines) == 6
   for line, (name, stage) in zip(stage_lines, [(n, s) for n in ("fsq_2p10", "vq_2p10")
                                                for s in ("stage1", "stage2", "eval")]):
     argv = shlex.split(line)
-    assert argv[:8] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "pod-a",
-                        "--zone=us-central2-b", "--worker=all"]
+    assert argv[:8] == install[:8] and len(argv) == 9
     flag, command = argv[8].split("=", 1)
-    assert flag == "--command" and len(argv) == 9
     cd, remote = command.split(" && ")
-    assert cd == "cd /home/me/fsq"
+    assert flag == "--command" and cd == "cd ~/fsq_repro"
     remote = shlex.split(remote)
-    assert remote[:3] == ["python", "-m", "fsq_repro.main"] and remote[-1] == "--config.seed=3"
+    assert remote[:3] == [".venv/bin/python", "-m", "fsq_repro.main"]
+    assert remote[-1] == "--config.seed=3"
     assert parse_flags(remote)["--mode"] == stage
     assert parse_flags(remote)["--workdir"] == f"/mnt/runs/{name}"
+
+
+def test_tpu_repo_path_is_used_on_the_workers(capsys):
+  lines = print_commands(capsys, f"--config={REPO}/configs/demo.py", "--root=runs",
+                         "--tpu=pod-a", "--zone=z", "--repo=/home/me/fsq", "--only=fsq_2p6")
+  assert "mkdir -p /home/me/fsq && tar -xzf" in lines[3]
+  assert all("--command='cd /home/me/fsq && .venv/bin/python" in line for line in lines[4:])
+
+
+def test_slurm_prints_a_batch_script_of_every_stage(capsys):
+  assert sweep.main([f"--config={REPO}/configs/maskgit_256.py", "--root=/shared/runs",
+                     "--slurm", "--nodes=4", "--gpus_per_node=8", "--repo=/shared/fsq",
+                     "--", "--config.seed=3"]) == 0
+  script = capsys.readouterr().out
+  assert script.startswith("#!/bin/bash\n")
+  for directive in ("--nodes=4", "--ntasks-per-node=1", "--gpus-per-node=8", "--requeue"):
+    assert f"#SBATCH {directive}\n" in script
+  assert "make install ACCEL=cuda12" in script and "\ncd /shared/fsq\n" in script
+  assert 'srun --nodes=4 --ntasks-per-node=1 "$@"' in script
+  stages = [shlex.split(line)[1:] for line in script.splitlines() if line.startswith("stage .")]
+  assert len(stages) == 6
+  for argv, (name, stage) in zip(stages, [(n, s) for n in ("fsq_2p10", "vq_2p10")
+                                          for s in ("stage1", "stage2", "eval")]):
+    assert argv[:3] == [".venv/bin/python", "-m", "fsq_repro.main"]
+    assert parse_flags(argv)["--mode"] == stage and argv[-1] == "--config.seed=3"
+    assert parse_flags(argv)["--workdir"] == f"/shared/runs/{name}"
+
+
+@pytest.mark.parametrize("accel,extra", [("cuda12", "jax[cuda12]"), ("tpu", "jax[tpu]")])
+def test_make_install_adds_the_pinned_jax_accelerator_extra(tmp_path, accel, extra):
+  pinned = next(line.split("==")[1].strip() for line in open(os.path.join(REPO,
+                "requirements.txt")) if line.startswith("jax=="))
+  dry_run = subprocess.run(["make", "-n", "install", f"ACCEL={accel}", f"VENV={tmp_path}/v"],
+                           cwd=REPO, capture_output=True, text=True, check=True).stdout
+  assert f'pip install --quiet --disable-pip-version-check "{extra}=={pinned}"' in dry_run
+  assert "-r requirements.txt" in dry_run  # the same pins first
+  unknown = subprocess.run(["make", "-n", "install", "ACCEL=rocm"], cwd=REPO,
+                           capture_output=True, text=True)
+  assert unknown.returncode != 0 and "ACCEL=rocm is unknown" in unknown.stderr
 
 
 def test_tpu_needs_a_zone(capsys):
