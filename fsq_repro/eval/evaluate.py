@@ -195,12 +195,13 @@ def reconstruct_split(config, tokenizer: api.Tokenizer, network, mesh, directory
       tokens.append(codes)
       labels.append(parallel.host_array(batch["label"])[keep])
       indices.append(parallel.host_array(batch["index"])[keep])
+      # Features on the sharded batch: each process computes only its devices' rows.
+      out = _masked_features(network, {"image": recon, "mask": batch["mask"]})
       originals = parallel.host_array(batch["image"])[keep]
       recon = np.clip(parallel.host_array(recon)[keep], 0.0, 1.0)
       psnrs.append(psnr(originals, recon)[0])
       recon_out.add(to_uint8(recon))
       originals_out.add(to_uint8(originals))
-      out = next(features.iter_features(network, [{"image": recon}]))
       if pool_stats is None:
         pool_stats = fid.FeatureStats.empty(out["pool"].shape[1])
       pool_stats.update(out["pool"])
