@@ -17,7 +17,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from fsq_repro import checkpoints, config_lib, parallel
+from fsq_repro import checkpoints, config_lib, parallel, timing
 from fsq_repro import workdir as workdir_lib
 from fsq_repro.data import pipeline
 
@@ -62,6 +62,13 @@ def run_job(config, mode: str, workdir: str) -> None:
     evaluate.evaluate(config, workdir)
 
 
+def job_dir(mode: str, workdir: str) -> str:
+  """Where the job of `mode` writes (and its timings.json goes)."""
+  if mode == "sample":
+    return os.path.join(workdir, "samples")
+  return workdir_lib.eval_dir(workdir) if mode == "eval" else workdir_lib.stage_dir(workdir, mode)
+
+
 def main(argv):
   del argv
   # Preemption before the training loop (start-up, compilation, token extraction) also
@@ -80,7 +87,10 @@ def main(argv):
     print(f"{mode}: already complete in {workdir}; nothing to do", flush=True)
     return
   logging.info("config:\n%s", config)
+  timing.mark("startup")  # interpreter, imports, flags, config checks, dataset preparation
   run_job(config, mode, workdir)
+  if jax.process_index() == 0:
+    timing.write(job_dir(mode, workdir))
 
 
 def _is_unknown_field(error: Exception) -> bool:

@@ -32,7 +32,7 @@ import sys
 import time
 from typing import Callable, NamedTuple
 
-from fsq_repro import config_lib, files
+from fsq_repro import config_lib, files, timing
 from fsq_repro.checkpoints import PREEMPTED_EXIT_CODE
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -207,6 +207,49 @@ def slurm_script(runs, config_file: str, root: str, overrides, *, repo: str, nod
   return "\n".join(lines) + "\n"
 
 
+def read_timings(root: str, runs) -> list[tuple[str, str, dict]]:
+  """(run, stage, timings.json) of every stage of `runs` under `root` that wrote one."""
+  found = []
+  for run in runs:
+    for stage in STAGES:
+      path = os.path.join(root, run["name"], stage, timing.FILENAME)
+      if os.path.exists(path):
+        with open(path) as f:
+          found.append((run["name"], stage, json.load(f)))
+  return found
+
+
+def profile_table(timings: list[tuple[str, str, dict]]) -> str:
+  """A markdown table: per run and stage, seconds in each phase (steps also per step), the
+  rest ("other": tear-down, writing results) and the total; then each stage's sum."""
+  phases = list(dict.fromkeys(p for _, _, t in timings for p in t["phases_s"]))
+  header = ["run", "stage", *phases, "other", "total"]
+  rows, sums = [], {}
+
+  def cells(t):
+    out = []
+    for p in phases:
+      seconds = t["phases_s"].get(p)
+      per = t.get("per_unit_s", {}).get(p)
+      cell = "" if seconds is None else f"{seconds:.1f}"
+      if seconds is not None and p == "steps" and per is not None:
+        cell += f" ({t['counts'][p]} x {per * 1000:.0f} ms)"
+      out.append(cell)
+    other = t["total_s"] - sum(t["phases_s"].values())
+    return out + [f"{other:.1f}", f"{t['total_s']:.1f}"]
+
+  for name, stage, t in timings:
+    rows.append([name, stage, *cells(t)])
+    total = sums.setdefault(stage, {"phases_s": {}, "total_s": 0.0})
+    total["total_s"] += t["total_s"]
+    for p, seconds in t["phases_s"].items():
+      total["phases_s"][p] = total["phases_s"].get(p, 0.0) + seconds
+  for stage, total in sums.items():
+    rows.append(["all runs", stage, *cells(total)])
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
 def format_seconds(seconds: float) -> str:
   seconds = int(round(seconds))
   return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
@@ -276,6 +319,8 @@ def parse_args(argv: list[str]):
                     "run every stage on every worker)")
   mode.add_argument("--slurm", action="store_true",
                     help="print an sbatch script for a multi-node GPU cluster")
+  mode.add_argument("--profile", action="store_true",
+                    help="print where the runs' wall time went (their timings.json files)")
   parser.add_argument("--zone", help="the TPU's zone (with --tpu)")
   parser.add_argument("--accelerator_type", default="v4-32",
                       help="TPU type to create if the VM does not exist (with --tpu)")
@@ -326,6 +371,13 @@ def main(argv: list[str] | None = None) -> int:
                        job_name=job_name), end="")
     return 0
   root = os.path.abspath(root)
+  if args.profile:
+    timings = read_timings(root, runs)
+    if not timings:
+      print(f"error: no {timing.FILENAME} under {root}; run the sweep first", file=sys.stderr)
+      return 2
+    print(profile_table(timings))
+    return 0
   write_manifest(root, runs, config_file, overrides)
   if args.print:
     print(f"# {len(runs)} runs, from the repository root {REPO_ROOT}:")

@@ -263,6 +263,11 @@ def test_two_processes_train_like_one(trained):
 
   for stage in ("stage1", "stage2"):
     assert_trees_close(final_state(two, stage), final_state(one, stage), f"{stage} state")
+    with open(two / stage / "timings.json") as f:  # written by process 0 of the job
+      timings = json.load(f)
+    assert list(timings["phases_s"]) == ["startup", *(["tokens"] if stage == "stage2" else []),
+                                         "setup", "first_step", "steps", "final_checkpoint"]
+    assert timings["counts"]["steps"] == 2  # the steps after the first (which compiles)
 
 
 @pytest.mark.slow
@@ -299,6 +304,10 @@ def test_two_processes_evaluate_like_one(trained, tmp_path):
                                  [value[a] for a in sorted(value)], rtol=1e-6, err_msg=key)
     else:
       assert two_results[key] == value, key
+  with open(runs["one"] / "eval" / "timings.json") as f:  # where the evaluation's time went
+    phases = json.load(f)["phases_s"]
+  assert list(phases) == ["startup", "feature_network", "reference", "setup", "reconstruction",
+                          "sampling", "compression"]
   best = f"{one_results['best_cfg']:g}"
   a, b = (np.load(w / "eval" / f"samples_cfg{best}.npz") for w in runs.values())
   for key in ("arr_0", "arr_1"):

@@ -172,6 +172,31 @@ def test_make_install_adds_the_pinned_jax_accelerator_extra(tmp_path, accel, ext
   assert unknown.returncode != 0 and "ACCEL=rocm is unknown" in unknown.stderr
 
 
+def test_profile_tabulates_the_stages_timings(tmp_path, capsys):
+  for name, steps in (("fsq_2p6", 349), ("vq_2p6", 199)):
+    for stage in ("stage1", "eval"):
+      phases = ({"startup": 8.0, "setup": 2.0, "first_step": 3.0, "steps": 6.98}
+                if stage == "stage1" else {"startup": 7.0, "sampling": 9.0})
+      path = tmp_path / name / stage / "timings.json"
+      path.parent.mkdir(parents=True)
+      path.write_text(json.dumps({"total_s": 20.0, "phases_s": phases,
+                                  "counts": {"first_step": 1, "steps": steps},
+                                  "per_unit_s": {"steps": 6.98 / steps}}))
+  assert sweep.main([f"--config={REPO}/configs/demo.py", f"--root={tmp_path}", "--profile",
+                     "--only=*_2p6"]) == 0
+  rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines()]
+  assert rows[0] == ["| run", "stage", "startup", "setup", "first_step", "steps", "sampling",
+                     "other", "total |"]
+  assert rows[2] == ["| fsq_2p6", "stage1", "8.0", "2.0", "3.0", "7.0 (349 x 20 ms)", "",
+                     "0.0", "20.0 |"]
+  assert rows[3][-3:] == ["9.0", "4.0", "20.0 |"]  # eval: 20 - 7 - 9 s elsewhere
+  assert rows[6] == ["| all runs", "stage1", "16.0", "4.0", "6.0", "14.0", "", "0.0",
+                     "40.0 |"]
+  assert sweep.main([f"--config={REPO}/configs/demo.py", f"--root={tmp_path / 'none'}",
+                     "--profile"]) == 2
+  assert "no timings.json under" in capsys.readouterr().err
+
+
 def test_tpu_needs_a_zone(capsys):
   with pytest.raises(SystemExit):
     sweep.main([f"--config={REPO}/configs/demo.py", "--tpu=pod-a"])

@@ -27,7 +27,7 @@ import time
 import jax
 import numpy as np
 
-from fsq_repro import api, files, parallel
+from fsq_repro import api, files, parallel, timing
 from fsq_repro import workdir as workdir_lib
 from fsq_repro.data import adm_crop, pipeline
 from fsq_repro.eval import adm_npz, compression, features, fid, generate
@@ -326,15 +326,19 @@ def evaluate(config, workdir: str) -> dict:
       dataset_name=config.dataset.name, image_size=config.dataset.image_size,
       data_dir=config.dataset.data_dir)
   print(f"eval: FID features from {network.name} ({network.source})", flush=True)
+  timing.mark("feature_network")  # loaded, or (offline, first use) trained
   train_reference = load_reference(own_reference(config, network, mesh), network, mesh,
                                    e.batch_size, with_pool=not e.reference_npz)
   reference = train_reference
   if e.reference_npz:
     reference = load_reference(e.reference_npz, network, mesh, e.batch_size)
   print(f"eval: sampling metrics against {reference['path']}", flush=True)
+  timing.mark("reference")  # its statistics (made on first use) and the features of its images
 
   generator = api.Generator.from_workdir(workdir, config, mesh)
+  timing.mark("setup")  # both networks restored
   recon = reconstruct_split(config, generator.tokenizer, network, mesh, directory)
+  timing.mark("reconstruction", count=recon["num_images"])
   recon_fid = _fid_to_reference(recon["pool_stats"], train_reference)
   print(f"eval: ({time.time() - start:.0f} s) reconstruction FID {recon_fid:.3f}, PSNR "
         f"{recon['psnr']:.2f} dB, usage {recon['usage'].usage:.4f} "
@@ -342,9 +346,11 @@ def evaluate(config, workdir: str) -> dict:
         flush=True)
 
   by_cfg = sampling_metrics(config, generator, network, reference, directory)
+  timing.mark("sampling", count=len(e.cfg_sweep) * e.num_sample_images)
   best = min(by_cfg, key=lambda a: by_cfg[a]["fid"])
   costs_start = time.time()
   costs = compression_metrics(config, generator, recon["tokens"], recon["labels"])
+  timing.mark("compression")
   print(f"eval: compression cost {costs['compression_cost_bits_per_token']:.3f} bits/token "
         f"(uniform {costs['uniform_bits_per_token']:.3f}) in {time.time() - costs_start:.0f} s",
         flush=True)

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from fsq_repro import api, parallel
+from fsq_repro import api, parallel, timing
 from fsq_repro.eval import adm_npz
 from fsq_repro.images import image_grid, to_uint8
 
@@ -47,6 +47,7 @@ def write_samples(config, workdir: str) -> str:
   directory."""
   s, size = config.sample, config.dataset.image_size
   generator = api.Generator.from_workdir(workdir, config)
+  timing.mark("setup")  # both networks restored
   directory = os.path.join(workdir, "samples", f"cfg_{s.cfg:g}")
   num_classes = generator.layout.num_classes
   labels = balanced_labels(s.num_images, num_classes)
@@ -67,6 +68,7 @@ def write_samples(config, workdir: str) -> str:
           grids[label].append(image)
       start += real
     arrays["arr_1"] = labels
+  timing.mark("sampling", count=s.num_images)
   if jax.process_index() == 0:
     for label, chosen in grids.items():
       if chosen:

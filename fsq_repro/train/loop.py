@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator
 
 import jax
 
-from fsq_repro import checkpoints, parallel
+from fsq_repro import checkpoints, parallel, timing
 from fsq_repro import workdir as workdir_lib
 from fsq_repro.train import reporting
 
@@ -58,6 +58,7 @@ def train(setup: Setup, config, workdir: str):
 
   state = checkpointer.restore_or_init(new_state, abstract)
   start_step = int(state.step)
+  timing.mark("setup")  # the model, its initialisation (compiled) or restored checkpoint
   reporter = reporting.Reporter(directory, num_train_steps=s.num_train_steps,
                                 start_step=start_step)
   if checkpointer.restored_step is not None:
@@ -90,6 +91,9 @@ def run(state, *, step_fn: Callable, batches: Iterator, rng, start_step: int, nu
     for step in range(start_step, num_steps):
       batch = next(batches)
       state, metrics = step_fn(state, batch, jax.random.fold_in(rng, step))
+      if step == start_step:  # compilation, reading the first batch, running the first step
+        jax.block_until_ready(state)
+        timing.mark("first_step", count=1)
       done = step + 1
       reporter.tick(done)
       is_last = done == num_steps
@@ -109,8 +113,10 @@ def run(state, *, step_fn: Callable, batches: Iterator, rng, start_step: int, nu
         reporter.text(f"{name}: preempted (SIGTERM); saved step {done}; rerun to resume")
         reporter.close()
         raise SystemExit(checkpoints.PREEMPTED_EXIT_CODE)
+    timing.mark("steps", count=max(0, num_steps - start_step - 1))
     checkpointer.close()  # still under the SIGTERM handler: a late SIGTERM lets this finish
     reporter.close()
+    timing.mark("final_checkpoint")
   finally:
     preemption.restore()
   return state

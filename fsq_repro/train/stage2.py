@@ -21,7 +21,7 @@ import ml_collections
 import optax
 from clu import parameter_overview
 
-from fsq_repro import api, checkpoints
+from fsq_repro import api, checkpoints, timing
 from fsq_repro import workdir as workdir_lib
 from fsq_repro.data import extract, pipeline
 from fsq_repro.data import tokens as tokens_lib
@@ -158,6 +158,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Stage
   if not tokens_lib.is_complete(token_dir):
     extract.extract_tokens(config, token_dir, load_tokenizer())
   tokens, labels = tokens_lib.load_all(token_dir)
+  timing.mark("tokens")  # extracting the training split's tokens, or reading them
   batches = tokens_lib.TokenBatches(tokens, labels, global_batch_size=config.stage2.batch_size,
                                     seed=config.seed, process_index=jax.process_index(),
                                     process_count=jax.process_count())
