@@ -23,12 +23,15 @@ at --repo: one process per node (srun), installed with `make install ACCEL=cuda1
 """
 
 import argparse
+import collections
 import fnmatch
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
+import threading
 import time
 from typing import Callable, NamedTuple
 
@@ -270,6 +273,43 @@ def run_command(argv: list[str]) -> int:
   return subprocess.run(argv, cwd=REPO_ROOT, check=False).returncode
 
 
+def pinned_runner(core: int, log_dir: str) -> Callable[[list[str]], int]:
+  """Runs stages on CPU core `core` alone (taskset) with one XLA and TF thread, output into
+  <log_dir>/<run>-<mode>.log: two such runners keep two cores busy with two runs, overlapping
+  what one run cannot spread over cores (start-up, compilation, Python)."""
+  xla_flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_multi_thread_eigen=false " \
+              "intra_op_parallelism_threads=1"
+  env = dict(os.environ, XLA_FLAGS=xla_flags.strip(), TF_NUM_INTRAOP_THREADS="1",
+             TF_NUM_INTEROP_THREADS="1")
+
+  def run(argv: list[str]) -> int:
+    flags = dict(a.split("=", 1) for a in argv if a.startswith("--") and "=" in a)
+    name = f"{os.path.basename(flags['--workdir'])}-{flags['--mode']}.log"
+    os.makedirs(log_dir, exist_ok=True)
+    with open(os.path.join(log_dir, name), "a") as out:
+      return subprocess.run(["taskset", "-c", str(core), *argv], cwd=REPO_ROOT, env=env,
+                            stdout=out, stderr=subprocess.STDOUT, check=False).returncode
+  return run
+
+
+def run_stage(step: Step, runner: Callable[[list[str]], int], *, max_preemptions: int,
+              log: Callable[[str], None], where: str) -> None:
+  """Runs one stage; reruns it while it exits preempted (75); raises SweepError if it fails."""
+  status = runner(step.argv)
+  preemptions = 0
+  while status == PREEMPTED_EXIT_CODE and preemptions < max_preemptions:
+    preemptions += 1
+    log(f"[{where}] preempted (exit status {status}); resuming, retry "
+        f"{preemptions}/{max_preemptions}")
+    status = runner(step.argv)
+  if status == PREEMPTED_EXIT_CODE:
+    raise SweepError(f"run {step.run}, stage {step.stage} was preempted {preemptions + 1} times; "
+                     "rerun the sweep to resume it")
+  if status != 0:
+    raise SweepError(f"run {step.run}, stage {step.stage} failed with exit status {status}; "
+                     f"command: {shlex.join(step.argv)}")
+
+
 def run_steps(steps: list[Step], runner: Callable[[list[str]], int] = run_command, *,
               max_preemptions: int = 10, clock: Callable[[], float] = time.monotonic,
               log: Callable[[str], None] = print) -> None:
@@ -283,22 +323,55 @@ def run_steps(steps: list[Step], runner: Callable[[list[str]], int] = run_comman
     log(f"[{where}] starting; elapsed {format_seconds(clock() - start)}, "
         f"ETA {'unknown' if eta is None else format_seconds(eta)}")
     stage_start = clock()
-    status = runner(step.argv)
-    preemptions = 0
-    while status == PREEMPTED_EXIT_CODE and preemptions < max_preemptions:
-      preemptions += 1
-      log(f"[{where}] preempted (exit status {status}); resuming, retry "
-          f"{preemptions}/{max_preemptions}")
-      status = runner(step.argv)
-    if status == PREEMPTED_EXIT_CODE:
-      raise SweepError(f"run {step.run}, stage {step.stage} was preempted {preemptions + 1} times; "
-                       "rerun the sweep to resume it")
-    if status != 0:
-      raise SweepError(f"run {step.run}, stage {step.stage} failed with exit status {status}; "
-                       f"command: {shlex.join(step.argv)}")
+    run_stage(step, runner, max_preemptions=max_preemptions, log=log, where=where)
     durations.setdefault(step.stage, []).append(clock() - stage_start)
     log(f"[{where}] done in {format_seconds(durations[step.stage][-1])}")
   log(f"sweep done: {len(run_names)} runs in {format_seconds(clock() - start)}")
+
+
+def run_side_by_side(steps: list[Step], runners: list[Callable[[list[str]], int]], *,
+                     max_preemptions: int = 10, clock: Callable[[], float] = time.monotonic,
+                     log: Callable[[str], None] = print) -> None:
+  """Runs whole runs on len(runners) workers at once, each run's stages in order on one
+  worker (worker i runs its stages with runners[i]); raises the first SweepError once every
+  worker has stopped, and starts no run after a failure."""
+  runs = collections.deque(
+      [step for step in steps if step.run == name] for name in dict.fromkeys(s.run for s in steps))
+  total, start, lock, errors = len(runs), clock(), threading.Lock(), []
+
+  def locked_log(message: str) -> None:
+    with lock:
+      log(message)
+
+  def worker(index: int) -> None:
+    while True:
+      with lock:
+        if errors or not runs:
+          return
+        run_steps_ = runs.popleft()
+        number = total - len(runs)
+      for step in run_steps_:
+        where = f"run {number}/{total} {step.run}, {step.stage}, worker {index}"
+        locked_log(f"[{where}] starting; elapsed {format_seconds(clock() - start)}")
+        stage_start = clock()
+        try:
+          run_stage(step, runners[index], max_preemptions=max_preemptions, log=locked_log,
+                    where=where)
+        except SweepError as e:
+          with lock:
+            errors.append(e)
+          return
+        locked_log(f"[{where}] done in {format_seconds(clock() - stage_start)}")
+
+  threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(runners))]
+  for thread in threads:
+    thread.start()
+  for thread in threads:
+    thread.join()
+  if errors:
+    raise errors[0]
+  log(f"sweep done: {total} runs in {format_seconds(clock() - start)} on {len(runners)} "
+      "workers")
 
 
 def parse_args(argv: list[str]):
@@ -331,11 +404,20 @@ def parse_args(argv: list[str]):
   parser.add_argument("--nodes", type=int, default=1, help="nodes (with --slurm)")
   parser.add_argument("--gpus_per_node", type=int, default=8, help="with --slurm")
   parser.add_argument("--time", default="7-00:00:00", help="job time limit (with --slurm)")
+  parser.add_argument("--jobs", type=int, default=1,
+                      help="with --run: runs side by side, each pinned to one CPU core with one "
+                      "XLA thread, its output in <root>/logs/ (default 1: one run at a time, "
+                      "on every core)")
   parser.add_argument("--max_preemptions", type=int, default=10,
                       help="reruns of a stage that exits with status 75 (with --run)")
   args = parser.parse_args(argv)
   if args.tpu and not args.zone:
     parser.error("--tpu needs --zone, e.g. --zone=us-central2-b")
+  if args.jobs < 1 or (args.jobs > 1 and not args.run):
+    parser.error(f"--jobs={args.jobs}: give a positive number of side-by-side runs, with --run")
+  if args.jobs > 1 and not shutil.which("taskset"):
+    parser.error("--jobs > 1 pins each run to a core with taskset (util-linux), which is "
+                 "missing here; use --jobs=1")
   if args.repo is None:
     args.repo = TPU_REPO if args.tpu else REPO_ROOT
   return args, overrides
@@ -384,9 +466,15 @@ def main(argv: list[str] | None = None) -> int:
     for step in sweep_steps(runs, config_file, root, overrides):
       print(shlex.join(step.argv))
     return 0
+  steps = sweep_steps(runs, config_file, root, overrides, python=sys.executable)
   try:
-    run_steps(sweep_steps(runs, config_file, root, overrides, python=sys.executable),
-              run_command, max_preemptions=args.max_preemptions)
+    if args.jobs > 1:
+      cores = sorted(os.sched_getaffinity(0))
+      runners = [pinned_runner(cores[i % len(cores)], os.path.join(root, "logs"))
+                 for i in range(args.jobs)]
+      run_side_by_side(steps, runners, max_preemptions=args.max_preemptions)
+    else:
+      run_steps(steps, run_command, max_preemptions=args.max_preemptions)
   except SweepError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

@@ -5,6 +5,8 @@ import math
 import os
 import shlex
 import subprocess
+import sys
+import time
 
 import pytest
 
@@ -310,6 +312,56 @@ def test_run_loop_gives_up_after_bounded_preemptions(tmp_path):
   with pytest.raises(sweep.SweepError, match="fsq_2p6, stage stage1 was preempted 4 times"):
     sweep.run_steps(demo_steps(tmp_path), runner, max_preemptions=3, log=lambda m: None)
   assert runner.calls == [("fsq_2p6", "stage1")] * 4
+
+
+def all_demo_steps(tmp_path):
+  runs = sweep.load_sweep(os.path.join(REPO, "configs/demo.py"))
+  return sweep.sweep_steps(runs, "configs/demo.py", str(tmp_path), [])
+
+
+class SlowRunner(FakeRunner):
+  """A stage that takes a little time, so that both workers get runs."""
+
+  def __call__(self, argv):
+    time.sleep(0.02)
+    return super().__call__(argv)
+
+
+def test_side_by_side_runs_every_run_once_with_its_stages_in_order(tmp_path):
+  preempted_once = {("fsq_2p8", "stage2"): [PREEMPTED_EXIT_CODE, 0]}  # on whichever worker
+  runners = [SlowRunner(preempted_once), SlowRunner(preempted_once)]
+  messages = []
+  sweep.run_side_by_side(all_demo_steps(tmp_path), runners, log=messages.append)
+  calls = runners[0].calls + runners[1].calls
+  names = [f"{q}_2p{b}" for q in ("fsq", "vq") for b in (6, 8, 10, 12)]
+  assert sorted(set(calls)) == sorted((n, s) for n in names for s in sweep.STAGES)
+  assert len(calls) == 8 * 3 + 1  # and the preempted stage once more
+  for runner in runners:  # a run stays on one worker, its stages in order
+    for name in {n for n, _ in runner.calls}:
+      stages = [s for n, s in runner.calls if n == name]
+      assert [s for s in dict.fromkeys(stages)] == list(sweep.STAGES)
+  assert runners[0].calls and runners[1].calls
+  assert sum("preempted" in m for m in messages) == 1
+  assert messages[-1].startswith("sweep done: 8 runs") and messages[-1].endswith("on 2 workers")
+
+
+def test_side_by_side_starts_no_run_after_a_failure(tmp_path):
+  runners = [SlowRunner({("fsq_2p6", "stage1"): [1]}), SlowRunner({})]
+  with pytest.raises(sweep.SweepError, match="run fsq_2p6, stage stage1 failed"):
+    sweep.run_side_by_side(all_demo_steps(tmp_path), runners, log=lambda m: None)
+  assert runners[0].calls == [("fsq_2p6", "stage1")]
+  assert len({n for n, _ in runners[1].calls}) < 7  # the other worker stopped too
+
+
+def test_pinned_runner_uses_one_core_one_thread_and_a_log_file(tmp_path):
+  core = sorted(os.sched_getaffinity(0))[-1]
+  run = sweep.pinned_runner(core, str(tmp_path / "logs"))
+  probe = ("import os; print(sorted(os.sched_getaffinity(0)), os.environ['XLA_FLAGS'], "
+           "os.environ['TF_NUM_INTRAOP_THREADS'])")
+  assert run([sys.executable, "-c", probe, "--mode=stage1", "--workdir=/r/fsq_2p6"]) == 0
+  out = (tmp_path / "logs" / "fsq_2p6-stage1.log").read_text().split()
+  assert out[0] == f"[{core}]" and "--xla_cpu_multi_thread_eigen=false" in out
+  assert "intra_op_parallelism_threads=1" in out and out[-1] == "1"
 
 
 def test_run_mode_runs_the_real_commands_with_this_interpreter(tmp_path, monkeypatch, capsys):
