@@ -12,7 +12,7 @@ endif
 JAX_VERSION := $(shell sed -n 's/^jax==//p' requirements.txt)
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: install test test-slow demo bench clean-venv
+.PHONY: install test test-slow demo study bench clean-venv
 
 install: $(STAMP) $(VENV)/.installed-$(ACCEL)
 
@@ -45,6 +45,11 @@ test-slow: install
 demo: install
 	$(PY) scripts/sweep.py --config=configs/demo.py --root=demo_out --run
 	$(PY) scripts/plot_figures.py --sweep=demo_out --out=demo_out
+
+# Codebook usage, PSNR and reconstruction FID against Stage I steps (to 4000), FSQ against VQ
+# at 2^10 and 2^12, training on what `make demo` trained: demo_out/study/.
+study: install
+	$(PY) scripts/study.py --sweep=demo_out --out=demo_out/study
 
 # Quantizer throughput, then training/sampling/eval speed and MFU of the demo config.
 # The paper's configs too: `.venv/bin/python scripts/bench.py` (about 20 minutes on 2 cores).

@@ -49,8 +49,9 @@ class Tokenizer:
     self._reconstruct = jax.jit(lambda v, x: model.apply(v, x, train=False))
 
   @classmethod
-  def from_workdir(cls, workdir: str, config=None, mesh=None) -> "Tokenizer":
-    """The EMA tokenizer of `workdir`/stage1; `config` defaults to the one it was trained with."""
+  def from_workdir(cls, workdir: str, config=None, mesh=None, step=None) -> "Tokenizer":
+    """The EMA tokenizer of `workdir`/stage1 (at its newest checkpoint, or at `step`);
+    `config` defaults to the one it was trained with."""
     directory = workdir_lib.stage_dir(workdir, "stage1")
     config = config if config is not None else workdir_lib.saved_config(directory)
     model = factory.build_tokenizer(config)
@@ -62,7 +63,8 @@ class Tokenizer:
     if state:
       abstract[TOKENIZER_STATE] = state
     restored = checkpoints.restore_latest(workdir_lib.checkpoint_dir(workdir, "stage1"),
-                                          _replicated(abstract, mesh or parallel.make_mesh()))
+                                          _replicated(abstract, mesh or parallel.make_mesh()),
+                                          step=step)
     return cls(config, model, {"params": restored[TOKENIZER_PARAMS],
                                **restored.get(TOKENIZER_STATE, {})})
 

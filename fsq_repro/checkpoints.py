@@ -55,14 +55,21 @@ def _check_fits(directory: str, step: int, saved, abstract, *, partial: bool) ->
           "config: use a new --workdir or the config that wrote it")
 
 
-def _restore_newest(manager, abstract, *, partial: bool):
-  """(step, state, newer unreadable steps) of the newest step that restores as `abstract`.
+def _restore_newest(manager, abstract, *, partial: bool, step: int | None = None):
+  """(step, state, newer unreadable steps) of the newest step (or `step`) that restores as
+  `abstract`.
 
   `abstract` None restores every array as it was saved. Raises FileNotFoundError when there
-  is no step, RuntimeError when none is readable, ValueError when one does not fit.
+  is no step (or not `step`), RuntimeError when none is readable, ValueError when one does not
+  fit.
   """
   directory = manager.directory
   steps = sorted(manager.all_steps(), reverse=True)
+  if step is not None:
+    if step not in steps:
+      raise FileNotFoundError(f"no checkpoint of step {step} in {directory} (steps: "
+                              f"{sorted(steps)})")
+    steps = [step]
   if not steps:
     raise FileNotFoundError(f"no checkpoint in {directory}")
   unreadable = []
@@ -96,15 +103,17 @@ def _warn_unreadable(directory, step: int, error: Exception) -> int:
   return step
 
 
-def restore_latest(directory: str, abstract_state=None):
-  """The newest readable checkpoint of `directory`, for inference; moves nothing.
+def restore_latest(directory: str, abstract_state=None, step: int | None = None):
+  """The newest readable checkpoint of `directory` (or that of `step`), for inference; moves
+  nothing.
 
   Only the leaves that `abstract_state` (ShapeDtypeStructs, with shardings) names are read,
   with its shapes, dtypes and shardings; None reads every array as saved, as numpy.
   """
   manager = _manager(directory)
   try:
-    step, state, _ = _restore_newest(manager, abstract_state, partial=abstract_state is not None)
+    step, state, _ = _restore_newest(manager, abstract_state, partial=abstract_state is not None,
+                                     step=step)
   finally:
     manager.close()
   logging.info("restored checkpoint step %d of %s", step, directory)

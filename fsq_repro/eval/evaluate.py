@@ -168,7 +168,7 @@ def load_reference(path, network, mesh, batch_size, with_pool=True) -> dict:
   return reference
 
 
-def _fid_to_reference(stats: fid.FeatureStats, reference: dict, key: str = "") -> float:
+def fid_to_reference(stats: fid.FeatureStats, reference: dict, key: str = "") -> float:
   mu, sigma = stats.mean_and_covariance()
   return fid.frechet_distance(mu, sigma, reference["mu" + key], reference["sigma" + key])
 
@@ -238,8 +238,8 @@ def sample_and_score(config, generator, network, reference, alpha, path=None) ->
   pool = np.concatenate(pool)
   precision, recall = pr.precision_recall(reference["pool"], pool, mode=e.precision_recall)
   pool_stats = fid.FeatureStats.empty(pool.shape[1]).update(pool)
-  return {"fid": _fid_to_reference(pool_stats, reference),
-          "sfid": _fid_to_reference(spatial_stats, reference, "_s"),
+  return {"fid": fid_to_reference(pool_stats, reference),
+          "sfid": fid_to_reference(spatial_stats, reference, "_s"),
           "precision": float(precision), "recall": float(recall),
           "inception_score": fid.inception_score(np.concatenate(logits))}
 
@@ -339,7 +339,7 @@ def evaluate(config, workdir: str) -> dict:
   timing.mark("setup")  # both networks restored
   recon = reconstruct_split(config, generator.tokenizer, network, mesh, directory)
   timing.mark("reconstruction", count=recon["num_images"])
-  recon_fid = _fid_to_reference(recon["pool_stats"], train_reference)
+  recon_fid = fid_to_reference(recon["pool_stats"], train_reference)
   print(f"eval: ({time.time() - start:.0f} s) reconstruction FID {recon_fid:.3f}, PSNR "
         f"{recon['psnr']:.2f} dB, usage {recon['usage'].usage:.4f} "
         f"({recon['usage'].codes_used} of {generator.tokenizer.codebook_size} codes)",
