@@ -74,9 +74,9 @@ def test_whole_pipeline(tmp_path, arg):
   tokenizer = api.Tokenizer.from_workdir(workdir)  # the config it saved
   assert results["num_eval_images"] == config.eval.num_images
   brute = set()
-  batches = pipeline.create_split(config.dataset.name, config.dataset.eval_split,
-                                  batch_size=32, image_size=16, train=False)
-  for _, batch in zip(range(config.eval.num_images // 32), batches):
+  batches = pipeline.create_split(config.dataset.name, "validation[0:90]", batch_size=32,
+                                  image_size=16, train=False)
+  for batch in batches:  # the same 90 images, in batches whose padding is masked
     indices = tokenizer.encode(batch["image"])
     brute |= set(np.asarray(indices)[batch["mask"]].ravel().tolist())
   assert results["codes_used"] == len(brute)
