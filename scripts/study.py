@@ -21,6 +21,8 @@ import sys
 
 import matplotlib
 
+# Run as `python scripts/study.py`: the repository root holds the `scripts` package it uses.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
