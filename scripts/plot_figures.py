@@ -39,6 +39,7 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 from matplotlib import ticker  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
+from fsq_repro.eval import adm_npz  # pylint: disable=g-import-not-at-top
 from fsq_repro.quantizers.fsq import LEVELS_FOR_CODEBOOK_SIZE
 
 # (key in a table row, markdown header).
@@ -278,16 +279,15 @@ NUM_RECONSTRUCTIONS = 8
 
 
 def read_adm_npz(path: str, with_labels: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-  """arr_0 (uint8 [N, H, W, 3]) and arr_1 (labels; None unless `with_labels`) of an ADM .npz.
-
-  Raises OSError when the file is missing, ValueError when it is not such a batch.
-  """
+  """arr_0 (uint8 [N, H, W, 3], checked by adm_npz) and arr_1 (labels; None unless
+  `with_labels`) of an ADM .npz. Raises OSError when the file is missing, ValueError when it
+  is not such a batch."""
+  images = adm_npz.load_images(path)
+  if not with_labels:
+    return images, None
   with np.load(path) as data:
-    images = data["arr_0"] if "arr_0" in data else None
-    labels = data["arr_1"] if with_labels and "arr_1" in data else None
-  if images is None or images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-    raise ValueError("arr_0 is not uint8 [N, H, W, 3]")
-  if with_labels and (labels is None or labels.shape != images.shape[:1]):
+    labels = data["arr_1"] if "arr_1" in data else None
+  if labels is None or labels.shape != images.shape[:1]:
     raise ValueError("arr_1 is not one label per image")
   return images, labels
 
