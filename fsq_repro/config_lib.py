@@ -11,7 +11,7 @@ import importlib.util
 import ml_collections
 
 from fsq_repro.eval import precision_recall
-from fsq_repro.models import cpu_conv, factory, perceptual
+from fsq_repro.models import cpu_conv, factory, perceptual, transformer
 from fsq_repro.train import masking
 from fsq_repro.quantizers import fsq as fsq_lib
 
@@ -93,6 +93,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.stage2.dropout_rate = 0.1
   c.stage2.dtype = "float32"
   c.stage2.remat = False  # recompute each layer in the backward pass: less memory
+  # Attention scores: "flax" (MaskGIT's: einsum, float32 softmax, dropout on the
+  # probabilities) or "dot_product_attention" (jax.nn.dot_product_attention: the backend's
+  # fused kernel, cuDNN flash attention on GPUs; no dropout, so training steps with
+  # dropout_rate > 0 keep the flax path and sampling/evaluation use the fused one).
+  c.stage2.attention = "flax"
   c.stage2.learning_rate = 1e-4
   c.stage2.warmup_steps = 5000
   c.stage2.adam_b1 = 0.9
@@ -239,6 +244,7 @@ def validate(config, *, num_devices: int, stage: str) -> None:
                           ("stage2.loss_reduction", masking.REDUCTIONS),
                           ("model.name", factory.TOKENIZERS),
                           ("stage2.model", factory.TRANSFORMERS),
+                          ("stage2.attention", transformer.ATTENTION_IMPLEMENTATIONS),
                           ("model.dtype", factory.DTYPES), ("stage2.dtype", factory.DTYPES),
                           ("model.kernel_gradient", cpu_conv.KERNEL_GRADIENTS)):
     section, name = field.split(".")

@@ -2,6 +2,8 @@
 
   python scripts/bench.py                    # demo, tradeoff_128 (128 px), maskgit_256 (256 px)
   python scripts/bench.py --configs=maskgit_256 --parts=stage2 --batch_size=8 --steps=3
+  python scripts/bench.py --configs=tradeoff_128 --parts=bf16_losses --batch_size=4
+  python scripts/bench.py --configs= --official_path=/path/to/maskgit   # side by side only
 
 Per config, on the default device(s), with the batch sharded over all of them:
 - stage1, stage2: one jitted train step (the trainers' own `train_step`, state donated):
@@ -18,6 +20,11 @@ The matmul peak is an N x N jnp.dot in the compute dtype on device 0, measured a
 start and the end of the run (the larger counts). On a CPU, which other processes may
 share, each FLOP rate is also given per CPU second of this process (`flops_per_cpu_s`,
 `mfu_per_cpu_second`), with the share of the cores the process got (`cpu_share`).
+- bf16_losses (by name only): Stage I and Stage II trained a few steps (--bf16_steps) from
+  the same synthetic weights on the same batches in float32 and in bfloat16 compute; each
+  step's losses and their largest relative difference, against a stated tolerance.
+- --official_path: the side-by-side table of our steps against google-research/maskgit's
+  networks (scripts/bench_official.py), printed to stderr as markdown and kept in the JSON.
 - state_memory: bytes of the Stage I and Stage II train states (parameters, EMA, optimizer
   moments) that each of --fsdp_devices devices holds, replicated and with FSDP (the
   config's mesh.fsdp_min_size), from the shapes alone: no device needs to exist.
@@ -44,6 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import bench_official
 from fsq_repro import api, config_lib, parallel
 from fsq_repro.data import tokens as tokens_lib
 from fsq_repro.eval import compression, features
@@ -52,7 +60,9 @@ from fsq_repro.train import loop, stage1, stage2
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = ("demo", "tradeoff_128", "maskgit_256")
-PARTS = ("stage1", "stage2", "sampling", "eval", "state_memory")
+PARTS = ("stage1", "stage2", "sampling", "eval", "state_memory", "bf16_losses")
+DEFAULT_PARTS = PARTS[:-1]  # bf16_losses trains the config twice: asked for by name
+BF16_TOLERANCE = 0.02  # relative difference of each logged loss, bfloat16 against float32
 COMPRESSION_STEPS = 12  # M2T schedule groups
 CFG_ALPHA = 0.2
 
@@ -337,6 +347,60 @@ def bench_eval(config, mesh, calls: int) -> dict:
   return report
 
 
+def bench_bf16_losses(name: str, batch_size: int | None, steps: int) -> dict:
+  """Stage I and Stage II trained `steps` steps in float32 from synthetic weights, each step
+  also taken in bfloat16 compute from the same state (parameters and optimizer state float32
+  in both, quantizers in float32): the bfloat16 step's losses against the float32 step's,
+  whose largest relative difference must be within BF16_TOLERANCE. Also the losses of a
+  run trained in bfloat16 throughout from the same start ("bfloat16_run"): reported, not held
+  to the tolerance, since two runs drift apart as soon as an update differs."""
+  mesh = parallel.make_mesh()
+  report = {"steps": steps, "tolerance": BF16_TOLERANCE}
+  setups, batches = {}, {}
+  for dtype in ("float32", "bfloat16"):
+    config = load_config(name, dtype, batch_size)
+    setups[dtype] = {"stage1": stage1.setup(config, synthetic_perceptual_loss(config)),
+                     "stage2": stage2_setup(config)[0]}
+  b, size = config.stage1.batch_size, config.dataset.image_size
+  image_rng = np.random.default_rng(1)
+  batches["stage1"] = [{"image": image_rng.random((b, size, size, 3), np.float32)}
+                       for _ in range(steps)]
+  token_batches = stage2_setup(config)[1]
+  batches["stage2"] = [token_batches.batch(i) for i in range(steps)]
+  for stage, keys in (("stage1", ("generator_loss", "reconstruction_loss", "quantizer_loss",
+                                  "perceptual_loss")), ("stage2", ("loss",))):
+    losses = _bf16_step_losses({d: s[stage] for d, s in setups.items()}, config, mesh,
+                               batches[stage], keys)
+    worst = max(abs(bf - f32) / max(abs(f32), 1e-12)
+                for key in losses["float32"]
+                for f32, bf in zip(losses["float32"][key], losses["bfloat16"][key]))
+    report[stage] = {**losses, "max_relative_difference": worst,
+                     "within_tolerance": worst <= BF16_TOLERANCE}
+  return report
+
+
+def _bf16_step_losses(setups, config, mesh, batches, keys) -> dict:
+  """{"float32", "bfloat16", "bfloat16_run"}: {loss key: [value per step]}."""
+  setup = setups["float32"]
+  abstract, shardings = parallel.abstract_state(setup.init, setup.init_rng, mesh, config.mesh)
+  steps = {dtype: loop.make_train_step(s.train_step, shardings, mesh)
+           for dtype, s in setups.items()}
+  state = synthetic_state(abstract)
+  run_state = jax.tree.map(jnp.copy, state)
+  logged = {kind: {key: [] for key in keys} for kind in ("float32", "bfloat16", "bfloat16_run")}
+  for i, batch in enumerate(batches):
+    args = (parallel.global_batch(batch, mesh), jax.random.fold_in(setup.step_rng, i),
+            setup.frozen)
+    _, bf16 = steps["bfloat16"](jax.tree.map(jnp.copy, state), *args)  # the step is donated
+    run_state, bf16_run = steps["bfloat16"](run_state, *args)
+    state, f32 = steps["float32"](state, *args)
+    for kind, metrics in (("float32", f32), ("bfloat16", bf16), ("bfloat16_run", bf16_run)):
+      for key in keys:
+        if key in metrics:
+          logged[kind][key].append(float(metrics[key]))
+  return {kind: {k: v for k, v in values.items() if v} for kind, values in logged.items()}
+
+
 def bench_state_memory(config, num_devices: int) -> dict:
   """Train-state bytes per device on `num_devices` devices, replicated and with FSDP."""
   mesh = jax.sharding.AbstractMesh((num_devices,), (parallel.DATA_AXIS,),
@@ -383,7 +447,9 @@ def bench_config(name: str, args, mesh) -> dict:
           "stage2": lambda: bench_stage2(config, mesh, steps),
           "sampling": lambda: bench_sampling(config, mesh, calls),
           "eval": lambda: bench_eval(config, mesh, calls),
-          "state_memory": lambda: bench_state_memory(config, args.fsdp_devices)}
+          "state_memory": lambda: bench_state_memory(config, args.fsdp_devices),
+          "bf16_losses": lambda: bench_bf16_losses(name, args.batch_size if paper else None,
+                                                   args.bf16_steps)}
   report = {"image_size": config.dataset.image_size, "dtype": args.dtype}
   for part in args.parts:
     report[part] = runs[part]()
@@ -398,7 +464,10 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--configs", default=",".join(CONFIGS),
                       help=f"comma-separated, from {CONFIGS}")
-  parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, from {PARTS}")
+  parser.add_argument("--parts", default=",".join(DEFAULT_PARTS),
+                      help=f"comma-separated, from {PARTS}")
+  parser.add_argument("--bf16_steps", type=int, default=3,
+                      help="training steps per dtype of the bf16_losses part")
   parser.add_argument("--batch_size", type=int, default=8,
                       help="global batch of the paper configs (every part)")
   parser.add_argument("--steps", type=int, default=3, help="timed steps, paper configs")
@@ -407,10 +476,16 @@ def main():
                       help="compute dtype of both stages (parameters stay float32)")
   parser.add_argument("--fsdp_devices", type=int, default=8,
                       help="devices assumed by the state_memory part")
+  parser.add_argument("--official_path", default=None,
+                      help="a checkout of google-research/maskgit: adds the side-by-side "
+                           "table of our steps against its networks (scripts/bench_official.py)")
+  parser.add_argument("--official_rounds", type=int, default=3,
+                      help="interleaved rounds of the side-by-side table (best counts)")
   parser.add_argument("--matmul_size", type=int, default=None,
                       help="N of the peak matmul; default 2048 on CPU, 8192 elsewhere")
   args = parser.parse_args()
-  args.configs, args.parts = args.configs.split(","), args.parts.split(",")
+  args.configs = [c for c in args.configs.split(",") if c]  # --configs= : side-by-side only
+  args.parts = args.parts.split(",")
   for value, allowed, flag in ((args.configs, CONFIGS, "--configs"),
                                (args.parts, PARTS, "--parts")):
     unknown = sorted(set(value) - set(allowed))
@@ -430,6 +505,14 @@ def main():
   configs = {}
   for name in args.configs:
     configs[name] = bench_config(name, args, mesh)
+  if args.official_path:
+    side = bench_official.side_by_side(
+        args.official_path, ROOT, load_config, token_layout, synthetic_state, mesh,
+        batch_size=args.batch_size, stage1_batch_size=4, rounds=args.official_rounds,
+        steps=1, peak_flops=first_peak["flops_per_s"],
+        progress=lambda row: print(json.dumps({"side_by_side": row}), file=sys.stderr,
+                                   flush=True))
+    print(side["markdown"], file=sys.stderr, flush=True)
   last_peak = matmul_peak(dtype, size)
   # MFU against the best peak seen in this run; on a CPU also per CPU second of this
   # process, which takes out the time other processes held the cores.
@@ -447,6 +530,8 @@ def main():
                             "dtype": args.dtype, "n": size, "start": first_peak,
                             "end": last_peak}
   results["configs"] = configs
+  if args.official_path:
+    results["side_by_side"] = side
   results["peak_memory"] = peak_memory()
   print(json.dumps(results, indent=1))
 

@@ -248,6 +248,25 @@ def test_weight_decay_reaches_kernels_only():
                                err_msg=jax.tree_util.keystr(path))
 
 
+def test_clip_by_global_norm_equals_optax():
+  rng = np.random.default_rng(0)
+  grads = {"a": jnp.asarray(rng.normal(size=(5, 3)), jnp.float32),
+           "b": {"c": jnp.asarray(rng.normal(size=(7,)), jnp.float32)}}
+  norm = float(optax.global_norm(grads))
+  for max_norm in (norm / 3, norm * 2):  # clipped, and not
+    ours, _ = stage2.clip_by_global_norm(max_norm).update(grads, optax.EmptyState())
+    theirs, _ = optax.clip_by_global_norm(max_norm).update(grads, optax.EmptyState())
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
+      if max_norm > norm:
+        np.testing.assert_array_equal(a, b)  # untouched, bit for bit
+      else:
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    np.testing.assert_allclose(float(optax.global_norm(ours)), min(norm, max_norm), rtol=1e-6)
+  zeros = jax.tree.map(jnp.zeros_like, grads)  # |g| = 0: no division by zero
+  out, _ = stage2.clip_by_global_norm(1.0).update(zeros, optax.EmptyState())
+  assert all(np.all(leaf == 0) for leaf in jax.tree.leaves(out))
+
+
 def test_token_batches_cover_each_epoch_once_and_split_over_processes():
   tokens = np.arange(40 * 3).reshape(40, 3)
   labels = np.arange(40)

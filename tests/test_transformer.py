@@ -9,7 +9,10 @@ import numpy as np
 import optax
 import pytest
 
-from fsq_repro.models.transformer import MaskGITTransformer, TokenLayout, image_logits
+import flax.linen as nn
+
+from fsq_repro.models.transformer import (MaskGITTransformer, SelfAttention, TokenLayout,
+                                         image_logits)
 from fsq_repro.train import masking
 
 LAYOUT = TokenLayout(codebook_size=8, num_classes=3)
@@ -83,6 +86,61 @@ def test_attention_is_bidirectional_and_examples_independent():
   assert np.max(np.abs(after[0, 0] - before[0, 0])) > 1e-6
   # ... and nothing of the other examples.
   np.testing.assert_array_equal(after[1:], before[1:])
+
+
+def _flax_attention(dropout_rate=0.1):
+  """flax's own module, as the transformer used it before SelfAttention (and as MaskGIT's
+  official transformer uses it, less the all-ones mask)."""
+  return nn.MultiHeadDotProductAttention(
+      num_heads=4, dropout_rate=dropout_rate, kernel_init=nn.initializers.truncated_normal(0.02),
+      force_fp32_for_softmax=True, name="attention")
+
+
+class _Wrapped(nn.Module):  # puts either attention module at the same path, "attention"
+  make: object
+
+  @nn.compact
+  def __call__(self, x, deterministic):
+    module = self.make()
+    if isinstance(module, SelfAttention):
+      return module(x, deterministic=deterministic)
+    return module(x, x, deterministic=deterministic)
+
+
+def test_self_attention_equals_flax_multi_head_attention():
+  x = jax.random.normal(jax.random.key(3), (3, 9, 32))
+  ours = _Wrapped(lambda: SelfAttention(4, 0.1, jnp.float32, name="attention"))
+  flax_mha = _Wrapped(_flax_attention)
+  params = jax.jit(functools.partial(ours.init, deterministic=True))(jax.random.key(0), x)
+  reference = jax.jit(functools.partial(flax_mha.init, deterministic=True))(jax.random.key(0), x)
+  # Same parameter names, shapes and initial values: checkpoints and converters are unchanged.
+  assert jax.tree.structure(params) == jax.tree.structure(reference)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(reference)):
+    np.testing.assert_array_equal(a, b)
+  for deterministic in (True, False):  # with dropout: the same rng gives the same mask
+    apply = lambda module: jax.jit(functools.partial(module.apply, deterministic=deterministic))(
+        params, x, rngs={"dropout": jax.random.key(5)})
+    np.testing.assert_allclose(apply(ours), apply(flax_mha), rtol=1e-5, atol=1e-6)
+  # ... and the same gradients (the train step's path).
+  grad = lambda module: jax.jit(jax.grad(lambda p: jnp.sum(module.apply(
+      p, x, deterministic=False, rngs={"dropout": jax.random.key(5)}) ** 2)))(params)
+  for a, b in zip(jax.tree.leaves(grad(ours)), jax.tree.leaves(grad(flax_mha))):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_dot_product_attention_implementation_matches_flax_and_keeps_dropout():
+  x = jax.random.normal(jax.random.key(4), (2, 7, 32))
+  make = lambda impl: _Wrapped(lambda: SelfAttention(4, 0.1, jnp.float32, impl,
+                                                     name="attention"))
+  params = make("flax").init(jax.random.key(0), x, deterministic=True)
+  for deterministic in (True, False):
+    out = {impl: make(impl).apply(params, x, deterministic=deterministic,
+                                  rngs={"dropout": jax.random.key(2)})
+           for impl in ("flax", "dot_product_attention")}
+    np.testing.assert_allclose(out["dot_product_attention"], out["flax"], rtol=1e-5,
+                               atol=1e-6)
+  with pytest.raises(ValueError, match="attention implementation"):
+    make("flash").init(jax.random.key(0), x, deterministic=True)
 
 
 def test_output_head_is_tied_to_the_token_embedding():

@@ -92,7 +92,7 @@ def _maskgit_transformer(config, layout) -> transformer_lib.MaskGITTransformer:
       vocab_size=layout.vocab_size, hidden_size=s.hidden_size, num_layers=s.num_layers,
       num_heads=s.num_heads, mlp_dim=s.mlp_dim, max_len=tokens_per_image(config) + 1,
       dropout_rate=s.dropout_rate, attention_dropout_rate=s.dropout_rate,
-      dtype=DTYPES[s.dtype], remat=s.remat)
+      dtype=DTYPES[s.dtype], remat=s.remat, attention=s.attention)
 
 
 TRANSFORMERS = {"maskgit_transformer": _maskgit_transformer}

@@ -10,6 +10,7 @@ recomputes this with jax.eval_shape).
 """
 
 import dataclasses
+import math
 
 import flax.linen as nn
 import jax
@@ -61,6 +62,69 @@ def image_logits(logits: jax.Array, layout: TokenLayout) -> jax.Array:
   return logits[:, 1:, :layout.codebook_size]
 
 
+ATTENTION_IMPLEMENTATIONS = ("flax", "dot_product_attention")
+
+
+class _ProjectionParams(nn.Module):
+  """The kernel and bias of one flax DenseGeneral projection, initialised as DenseGeneral
+  does (truncated normal on the flat [fan_in, fan_out] shape, reshaped)."""
+  kernel_shape: tuple[int, ...]
+  bias_shape: tuple[int, ...]
+  fan_in: int
+
+  @nn.compact
+  def __call__(self):
+    fan_out = math.prod(self.kernel_shape) // self.fan_in
+    init = lambda rng, shape, dtype: _INIT(rng, (self.fan_in, fan_out), dtype).reshape(shape)
+    return (self.param("kernel", init, self.kernel_shape, jnp.float32),
+            self.param("bias", nn.initializers.zeros, self.bias_shape, jnp.float32))
+
+
+class SelfAttention(nn.Module):
+  """Bidirectional multi-head self-attention with the parameters, names and initialisation
+  of flax's MultiHeadDotProductAttention (query/key/value kernels [D, heads, D/heads], out
+  kernel [heads, D/heads, D]), so checkpoints and the official weights load unchanged.
+
+  The three input projections run as one [D, 3D] matmul and the output as one [D, D]
+  matmul: the same products as DenseGeneral's, which XLA's CPU backend runs through
+  transposed multi-axis dot_generals at twice the time per FLOP (measured; see
+  scripts/bench.py --official_path). The scores: flax's dot_product_attention (query scaled
+  by 1/sqrt(D/heads), float32 softmax, dropout on the probabilities broadcast over batch and
+  heads, MaskGIT's), or `implementation="dot_product_attention"`: jax.nn.dot_product_attention,
+  which lets XLA pick the backend's fused kernel (cuDNN flash attention on GPUs) but has no
+  dropout, so with attention dropout a training step still takes the flax path.
+  """
+  num_heads: int
+  dropout_rate: float
+  dtype: jnp.dtype
+  implementation: str = "flax"
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
+    if self.implementation not in ATTENTION_IMPLEMENTATIONS:
+      raise ValueError(f"attention implementation {self.implementation!r} is not one of "
+                       f"{ATTENTION_IMPLEMENTATIONS}")
+    batch, length, width = x.shape
+    heads, head_dim = self.num_heads, width // self.num_heads
+    projections = [_ProjectionParams((width, heads, head_dim), (heads, head_dim), width,
+                                     name=name)() for name in ("query", "key", "value")]
+    out_kernel, out_bias = _ProjectionParams((heads, head_dim, width), (width,), width,
+                                             name="out")()
+    x, out_kernel, out_bias = nn.dtypes.promote_dtype(x, out_kernel, out_bias, dtype=self.dtype)
+    query, key, value = (
+        (x @ k.reshape(width, width).astype(self.dtype) + b.reshape(width).astype(self.dtype)
+         ).reshape(batch, length, heads, head_dim) for k, b in projections)
+    dropout = not deterministic and self.dropout_rate > 0
+    if self.implementation == "dot_product_attention" and not dropout:
+      y = jax.nn.dot_product_attention(query, key, value)
+    else:
+      y = nn.dot_product_attention(
+          query, key, value, dropout_rng=self.make_rng("dropout") if dropout else None,
+          dropout_rate=self.dropout_rate, broadcast_dropout=True, deterministic=not dropout,
+          dtype=self.dtype, force_fp32_for_softmax=True)
+    return y.reshape(batch, length, width) @ out_kernel.reshape(width, width) + out_bias
+
+
 class TransformerLayer(nn.Module):
   """Post-LN BERT layer: x = LN(x + attn(x)); x = LN(x + mlp(x))."""
   hidden_size: int
@@ -69,14 +133,12 @@ class TransformerLayer(nn.Module):
   dropout_rate: float
   attention_dropout_rate: float
   dtype: jnp.dtype
+  attention: str = "flax"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    attention = nn.MultiHeadDotProductAttention(
-        num_heads=self.num_heads, dtype=self.dtype, param_dtype=jnp.float32,
-        dropout_rate=self.attention_dropout_rate, kernel_init=_INIT,
-        force_fp32_for_softmax=True, name="attention")
-    y = attention(x, x, deterministic=not train)  # no mask: bidirectional
+    y = SelfAttention(self.num_heads, self.attention_dropout_rate, self.dtype,
+                      self.attention, name="attention")(x, deterministic=not train)
     y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
     x = _layer_norm(self.dtype, "attention_norm")(x + y)
 
@@ -94,6 +156,7 @@ class MaskGITTransformer(nn.Module):
   Dense -> GELU -> LayerNorm, then logits = h @ token_embedding.T + a per-id bias.
   `remat` recomputes each layer's activations in the backward pass instead of storing them
   (same parameters and results; less memory, one more forward pass of compute).
+  `attention` names how the scores are computed (SelfAttention; same parameters).
   """
   vocab_size: int
   hidden_size: int = 768
@@ -105,6 +168,7 @@ class MaskGITTransformer(nn.Module):
   attention_dropout_rate: float = 0.1
   dtype: jnp.dtype = jnp.float32
   remat: bool = False
+  attention: str = "flax"  # SelfAttention.implementation
 
   @nn.compact
   def __call__(self, input_ids: jax.Array, *, train: bool) -> jax.Array:
@@ -122,7 +186,8 @@ class MaskGITTransformer(nn.Module):
     layer = nn.remat(TransformerLayer, static_argnums=(2,)) if self.remat else TransformerLayer
     for i in range(self.num_layers):
       x = layer(self.hidden_size, self.num_heads, self.mlp_dim, self.dropout_rate,
-                self.attention_dropout_rate, self.dtype, name=f"layer_{i}")(x, train)
+                self.attention_dropout_rate, self.dtype, self.attention,
+                name=f"layer_{i}")(x, train)
 
     x = _dense(self.hidden_size, self.dtype, "head_dense")(x)
     x = nn.gelu(x, approximate=True)
@@ -154,3 +219,4 @@ def _dense(features: int, dtype, name: str) -> nn.Dense:
 def _layer_norm(dtype, name: str) -> nn.LayerNorm:
   return nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, dtype=dtype, param_dtype=jnp.float32,
                       name=name)
+

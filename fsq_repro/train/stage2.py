@@ -37,11 +37,23 @@ def decay_mask(params):
       lambda path, _: jax.tree_util.keystr(path).endswith("['kernel']"), params)
 
 
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+  """optax.clip_by_global_norm with the clipping as one multiply, g * min(1, max_norm/|g|),
+  where optax divides, (g / |g|) * max_norm: equal to float32 round-off (bitwise when no
+  clipping happens). XLA's CPU backend fuses a multiply into each consumer (the two Adam
+  moments) but writes a divided gradient tree out first: 13% of the 128 px step."""
+  def update(updates, state, params=None):
+    del params
+    scale = jnp.minimum(1.0, max_norm / optax.tree.norm(updates))
+    return jax.tree.map(lambda g: g * scale.astype(g.dtype), updates), state
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def make_optimizer(s: ml_collections.ConfigDict) -> optax.GradientTransformation:
   schedule = optax.join_schedules(
       [optax.linear_schedule(0.0, s.learning_rate, max(s.warmup_steps, 1)),
        optax.constant_schedule(s.learning_rate)], [s.warmup_steps])
-  return optax.chain(optax.clip_by_global_norm(s.grad_clip_norm),
+  return optax.chain(clip_by_global_norm(s.grad_clip_norm),
                      optax.adamw(schedule, b1=s.adam_b1, b2=s.adam_b2,
                                  weight_decay=s.weight_decay, mask=decay_mask))
 

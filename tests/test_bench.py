@@ -1,0 +1,40 @@
+"""scripts/bench_official.py's pieces that do not need the official package: its import
+error, the interleaved best-of-rounds timing, and the table."""
+
+import time
+
+import pytest
+
+from scripts import bench_official
+
+
+def test_official_path_without_the_package_fails_in_one_line(tmp_path):
+  with pytest.raises(SystemExit, match=r"--official_path=.* has no importable maskgit package"):
+    bench_official.import_official(str(tmp_path))
+  assert str(tmp_path) not in __import__("sys").path  # the path does not stay on sys.path
+
+
+def test_interleaved_seconds_threads_state_and_keeps_each_sides_best_round():
+  calls = []
+
+  def make(name, delays):
+    def step(state, scale):
+      calls.append(name)
+      time.sleep(delays[min(state, len(delays) - 1)] * scale)
+      return state + 1, state
+    return step
+
+  # Side "a" is slow in its second timed round only; "b" in its first.
+  sides = {"a": (make("a", [0.0, 0.01, 0.08, 0.01]), 0, (1.0,)),
+           "b": (make("b", [0.0, 0.08, 0.01, 0.01]), 0, (1.0,))}
+  best = bench_official.interleaved_seconds(sides, rounds=3, steps=1)
+  assert calls == ["a", "b"] + ["a", "b"] * 3  # one warm-up each, then alternating rounds
+  assert 0.01 <= best["a"] < 0.05 and 0.01 <= best["b"] < 0.05
+
+
+def test_markdown_table_has_the_ratio_and_mfu():
+  row = {"workload": "Stage II, 257 tokens", "official_step_s": 16.0, "ours_step_s": 12.0,
+         "ours_over_official": 0.75, "official_mfu": 0.3, "ours_mfu": 0.4}
+  lines = bench_official.markdown([row]).splitlines()
+  assert lines[0].startswith("| workload | official s/step | ours s/step | ours / official")
+  assert lines[2] == "| Stage II, 257 tokens | 16.00 | 12.00 | 0.750 | 30.0% | 40.0% |"
