@@ -6,6 +6,7 @@ Named `files`, not `io`, so that it never shadows the standard library's `io`.
 import contextlib
 import fcntl
 import os
+import uuid
 
 CACHE_ENV_VAR = "FSQ_CACHE_DIR"
 DATA_ENV_VAR = "FSQ_DATA_DIR"
@@ -24,15 +25,18 @@ def data_dir() -> str:
 
 @contextlib.contextmanager
 def atomic_write(path: str, mode: str = "w"):
-  """Yields a file opened at `path + '.tmp'`; renames it to `path` only if the block succeeds.
+  """Yields a file opened at `path + '.<unique>.tmp'`; renames it to `path` only if the block
+  succeeds.
 
-  A reader never sees a half-written `path`, and a killed writer leaves only the .tmp file,
-  which no reader's pattern matches.
+  A reader never sees a half-written `path`, and a killed writer leaves only its .tmp file,
+  which no reader's pattern matches. Each writer has its own temporary name, so processes
+  writing the same file at once (two runs side by side computing one cached reference) each
+  finish, and `path` holds one whole copy.
   """
   directory = os.path.dirname(path)
   if directory:
     os.makedirs(directory, exist_ok=True)
-  tmp = path + ".tmp"
+  tmp = f"{path}.{uuid.uuid4().hex}.tmp"
   try:
     with open(tmp, mode) as f:
       yield f

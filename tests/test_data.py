@@ -9,6 +9,7 @@ import pytest  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
+from fsq_repro import files  # pylint: disable=g-import-not-at-top
 from fsq_repro.data import embedded  # pylint: disable=g-import-not-at-top
 from fsq_repro.data import pipeline  # pylint: disable=g-import-not-at-top
 
@@ -207,3 +208,21 @@ def test_bad_arguments_raise_value_errors(data_dir):
     _embedded_split(data_dir, "train", process_index=2, process_count=2)
   with pytest.raises(ValueError, match="split='test'"):
     _embedded_split(data_dir, "test")
+
+
+def test_atomic_writes_of_one_path_at_once_both_finish(tmp_path):
+  path = str(tmp_path / "reference.npz")
+  # Two writers interleaved, as two runs side by side computing the same cached reference.
+  with files.atomic_write(path, "wb") as first, files.atomic_write(path, "wb") as second:
+    first.write(b"a" * 10)
+    second.write(b"b" * 10)
+  with open(path, "rb") as f:
+    assert f.read() in (b"a" * 10, b"b" * 10)  # one whole copy
+  assert os.listdir(tmp_path) == ["reference.npz"]  # no temporary file left
+  with pytest.raises(RuntimeError):
+    with files.atomic_write(path, "wb") as f:
+      f.write(b"partial")
+      raise RuntimeError("killed")
+  with open(path, "rb") as f:
+    assert f.read() in (b"a" * 10, b"b" * 10)  # a failed write leaves the old file
+  assert os.listdir(tmp_path) == ["reference.npz"]
