@@ -26,6 +26,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset.data_dir = ml_collections.FieldReference(None, field_type=str)
   c.dataset.train_split = "train"
   c.dataset.eval_split = "validation"
+  # Grain threads building training batches ahead of the step, or worker processes instead
+  # (each process of a multi-host run has its own). What they build does not depend on them.
+  c.dataset.num_threads = 2
+  c.dataset.num_workers = 0
 
   c.quantizer = ml_collections.ConfigDict()
   c.quantizer.kind = "fsq"  # "fsq" or "vq"

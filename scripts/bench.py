@@ -4,6 +4,7 @@
   python scripts/bench.py --configs=maskgit_256 --parts=stage2 --batch_size=8 --steps=3
   python scripts/bench.py --configs=tradeoff_128 --parts=bf16_losses --batch_size=4
   python scripts/bench.py --configs= --official_path=/path/to/maskgit   # side by side only
+  python scripts/bench.py --configs= --input_sizes=128,256 --tfdata_pipeline=OLD_PIPELINE.py
 
 Per config, on the default device(s), with the batch sharded over all of them:
 - stage1, stage2: one jitted train step (the trainers' own `train_step`, state donated):
@@ -25,6 +26,9 @@ share, each FLOP rate is also given per CPU second of this process (`flops_per_c
   step's losses and their largest relative difference, against a stated tolerance.
 - --official_path: the side-by-side table of our steps against google-research/maskgit's
   networks (scripts/bench_official.py), printed to stderr as markdown and kept in the JSON.
+- --input_sizes: images/s of the Stage I training pipeline (Grain with 0, 1 and 2 worker
+  processes, and the tf.data pipeline of an earlier commit with --tfdata_pipeline) on
+  ImageNet-sized JPEGs (scripts/bench_input.py), printed to stderr as markdown.
 - state_memory: bytes of the Stage I and Stage II train states (parameters, EMA, optimizer
   moments) that each of --fsdp_devices devices holds, replicated and with FSDP (the
   config's mesh.fsdp_min_size), from the shapes alone: no device needs to exist.
@@ -51,6 +55,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import bench_input
 import bench_official
 from fsq_repro import api, config_lib, parallel
 from fsq_repro.data import tokens as tokens_lib
@@ -481,11 +486,18 @@ def main():
                            "table of our steps against its networks (scripts/bench_official.py)")
   parser.add_argument("--official_rounds", type=int, default=3,
                       help="interleaved rounds of the side-by-side table (best counts)")
+  parser.add_argument("--input_sizes", default="",
+                      help="comma-separated image sizes: adds the input-pipeline throughput "
+                           "table at each (scripts/bench_input.py)")
+  parser.add_argument("--tfdata_pipeline", default=None,
+                      help="an earlier fsq_repro/data/pipeline.py (tf.data) to time beside "
+                           "the Grain pipeline, e.g. from `git show a453ad7:...`")
   parser.add_argument("--matmul_size", type=int, default=None,
                       help="N of the peak matmul; default 2048 on CPU, 8192 elsewhere")
   args = parser.parse_args()
   args.configs = [c for c in args.configs.split(",") if c]  # --configs= : side-by-side only
   args.parts = args.parts.split(",")
+  args.input_sizes = [int(v) for v in args.input_sizes.split(",") if v]
   for value, allowed, flag in ((args.configs, CONFIGS, "--configs"),
                                (args.parts, PARTS, "--parts")):
     unknown = sorted(set(value) - set(allowed))
@@ -513,6 +525,9 @@ def main():
         progress=lambda row: print(json.dumps({"side_by_side": row}), file=sys.stderr,
                                    flush=True))
     print(side["markdown"], file=sys.stderr, flush=True)
+  if args.input_sizes:
+    results["input"] = bench_input.input_throughput(args.input_sizes, args.tfdata_pipeline)
+    print(results["input"]["markdown"], file=sys.stderr, flush=True)
   last_peak = matmul_peak(dtype, size)
   # MFU against the best peak seen in this run; on a CPU also per CPU second of this
   # process, which takes out the time other processes held the cores.

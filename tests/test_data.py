@@ -1,16 +1,19 @@
 """Tests of the embedded dataset and the deterministic, resumable pipeline."""
 
+import io
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # pylint: disable=g-import-not-at-top
+import PIL.Image  # pylint: disable=g-import-not-at-top
 import pytest  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
 from fsq_repro import files  # pylint: disable=g-import-not-at-top
 from fsq_repro.data import embedded  # pylint: disable=g-import-not-at-top
+from fsq_repro.data import images  # pylint: disable=g-import-not-at-top
 from fsq_repro.data import pipeline  # pylint: disable=g-import-not-at-top
 
 NUM_CLASSES = len(embedded.CLASS_NAMES)
@@ -96,8 +99,11 @@ def test_validation_pass_holds_each_example_once_and_pads(data_dir):
 
 def test_train_and_validation_crops_come_from_disjoint_columns(data_dir):
   builder = tfds.builder(pipeline.EMBEDDED_DATASET, data_dir=data_dir)
-  splits = {split: tfds.as_numpy(builder.as_dataset(split, batch_size=-1))
-            for split in ("train", "validation")}
+  splits = {}
+  for split in ("train", "validation"):
+    source = builder.as_data_source(split)
+    examples = [source[i] for i in range(len(source))]
+    splits[split] = {key: np.stack([x[key] for x in examples]) for key in examples[0]}
   for split in splits.values():  # Each image is its recorded source box.
     for image, label, (top, left, bottom, right) in zip(
         split["image"], split["label"], split["source_box"]):
@@ -136,19 +142,64 @@ def test_resume_across_epoch_boundary_matches_uninterrupted_run(data_dir):
   assert not np.array_equal(other_seed["image"], full[0]["image"])
 
 
-def test_process_shards_are_disjoint_and_cover_the_split(data_dir):
-  def real_images(process_index, process_count):
+def test_process_rows_are_disjoint_and_cover_the_split_in_order(data_dir):
+  def rows(process_index, process_count):
     batches = list(_embedded_split(
-        data_dir, "validation[:101]", batch_size=8, train=False,
+        data_dir, "validation[:101]", batch_size=16 // process_count, train=False,
         process_index=process_index, process_count=process_count))
-    return len(batches), np.concatenate(
-        [b["image"][b["mask"]] for b in batches])
+    return batches
 
-  (steps0, shard0), (steps1, shard1) = real_images(0, 2), real_images(1, 2)
-  _, whole = real_images(0, 1)
-  assert steps0 == steps1 == 7  # ceil(51 / 8) on both processes.
-  assert (len(shard0), len(shard1)) == (51, 50)
-  np.testing.assert_array_equal(np.concatenate([shard0, shard1]), whole)
+  whole = rows(0, 1)
+  halves = [rows(0, 2), rows(1, 2)]
+  assert len(whole) == len(halves[0]) == len(halves[1]) == 7  # ceil(101 / 16) global batches
+  for step, batch in enumerate(whole):  # Each global batch is [process 0's rows, process 1's].
+    for key in batch:
+      np.testing.assert_array_equal(
+          batch[key], np.concatenate([halves[0][step][key], halves[1][step][key]]))
+  index = np.concatenate([b["index"] for b in whole])
+  np.testing.assert_array_equal(index[index >= 0], np.arange(101))  # split order, once each
+  assert sum(int(b["mask"].sum()) for half in halves for b in half) == 101
+
+
+def test_global_batches_do_not_depend_on_the_process_count(data_dir):
+  # 96 examples / global batch 16 = 6 steps per epoch: steps 4-9 cross into epoch 1.
+  def global_batches(process_count, start_step):
+    per_process = [_embedded_split(data_dir, "train[:96]", batch_size=16 // process_count,
+                                   start_step=start_step, process_index=i,
+                                   process_count=process_count)
+                   for i in range(process_count)]
+    return [np.concatenate([next(p)["image"] for p in per_process]) for _ in range(6)]
+
+  one = global_batches(1, 4)
+  for process_count, start_step in ((2, 4), (4, 4), (4, 0)):
+    got = global_batches(process_count, start_step)
+    offset = 4 - start_step
+    for expected, batch in zip(one[:6 - offset], got[offset:]):
+      np.testing.assert_array_equal(expected, batch)
+
+
+def test_worker_processes_build_the_same_batches(data_dir):
+  threads = _take(_embedded_split(data_dir, "train[:96]", start_step=5), 3)
+  workers = _take(_embedded_split(data_dir, "train[:96]", start_step=5, num_workers=2), 3)
+  for expected, got in zip(threads, workers):
+    for key in expected:
+      np.testing.assert_array_equal(expected[key], got[key])
+
+
+def test_tfrecord_dataset_gets_an_array_record_copy_with_the_same_records(tmp_path):
+  builder = tfds.builder("fsq_test_rectangles", data_dir=str(tmp_path), file_format="tfrecord")
+  builder.download_and_prepare()
+  in_tfrecord_order = [int(x["label"]) * 1000 + int(x["image"][0, 0, 0]) for x in
+                       builder.as_dataset(split="train", shuffle_files=False)]
+  batch = next(pipeline.create_split(
+      "fsq_test_rectangles", "train", batch_size=10, image_size=20, train=False,
+      data_dir=str(tmp_path), process_index=0, process_count=1))
+  # Centre crop of pixel = 100 + example + column: its first column is 100 + example + 8.
+  got = [int(label) * 1000 + int(round(v * 255)) - 8 for label, v in
+         zip(batch["label"], batch["image"][:, 0, 0, 0])]
+  assert got == in_tfrecord_order
+  info = tfds.builder("fsq_test_rectangles", data_dir=str(tmp_path)).info.as_proto
+  assert (info.file_format, list(info.alternative_file_formats)) == ("tfrecord", ["array_record"])
 
 
 def test_training_shards_yield_equal_step_counts(data_dir):
@@ -174,8 +225,7 @@ def test_train_preprocess_is_a_random_window_maybe_flipped():
   image = np.random.default_rng(0).integers(0, 256, (4, 9, 3), np.uint8)
   windows = {}
   for seed in range(40):
-    out = pipeline.preprocess_image(tf.constant(image), 4,
-                                    tf.constant([seed, 7], tf.int64)).numpy()
+    out = images.random_crop(image, 4, np.random.default_rng(seed))
     matches = [(left, flip) for left in range(6) for flip in (False, True)
                if np.allclose(out * 255, image[:, left:left + 4][
                    :, ::-1 if flip else 1], atol=1e-3)]
@@ -183,6 +233,28 @@ def test_train_preprocess_is_a_random_window_maybe_flipped():
     windows[matches[0]] = windows.get(matches[0], 0) + 1
   assert {flip for _, flip in windows} == {False, True}
   assert len({left for left, _ in windows}) >= 4
+
+
+@pytest.mark.parametrize("input_size,output_size", [(40, 32), (300, 128), (37, 64), (64, 64)])
+def test_resize_computes_tf_antialiased_bicubic(input_size, output_size):
+  square = np.random.default_rng(input_size).integers(0, 256, (input_size, input_size, 3),
+                                                      np.uint8)
+  expected = tf.image.resize(square, [output_size] * 2, method="bicubic", antialias=True)
+  np.testing.assert_allclose(images.resize(square, output_size), expected.numpy(), atol=1e-3)
+
+
+def test_decode_is_tf_decode_with_the_accurate_jpeg_transform():
+  photo = embedded.load_photo("chelsea")
+  for fmt in ("PNG", "JPEG"):
+    encoded = io.BytesIO()
+    PIL.Image.fromarray(photo).save(encoded, fmt, quality=90)
+    expected = tf.io.decode_jpeg(encoded.getvalue(), channels=3, dct_method="INTEGER_ACCURATE") \
+        if fmt == "JPEG" else tf.io.decode_png(encoded.getvalue(), channels=3)
+    np.testing.assert_array_equal(images.decode(encoded.getvalue()), expected.numpy())
+  gray = io.BytesIO()
+  PIL.Image.fromarray(photo[..., 0]).save(gray, "PNG")
+  np.testing.assert_array_equal(images.decode(gray.getvalue()),
+                                np.repeat(photo[..., :1], 3, axis=-1))
 
 
 def test_unknown_dataset_raises_clear_error():

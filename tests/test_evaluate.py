@@ -6,10 +6,9 @@ import os
 
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 from PIL import Image
 
-from fsq_repro import config_lib, files, parallel
+from fsq_repro import config_lib, parallel
 from fsq_repro.data import adm_crop, pipeline
 from fsq_repro.eval import adm_npz, evaluate
 from fsq_repro.models import inception
@@ -62,16 +61,15 @@ def test_center_crop_arr_halves_with_box_filtering_first():
 
 def test_adm_crop_of_the_pipeline_decodes_with_pil_as_adm_does():
   """crop="adm" batches equal center_crop_arr of the PIL-decoded records, in split order,
-  and differ from the default TF crop (which is why the reference uses this one)."""
+  and differ from the default crop (which is why the reference uses this one)."""
   split = "validation[0:6]"
   adm = next(pipeline.create_split(pipeline.EMBEDDED_DATASET, split, batch_size=6,
                                    image_size=24, train=False, crop="adm"))
   center = next(pipeline.create_split(pipeline.EMBEDDED_DATASET, split, batch_size=6,
                                       image_size=24, train=False))
-  builder = tfds.builder(pipeline.EMBEDDED_DATASET, data_dir=files.data_dir())
-  records = builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+  records = pipeline.records(pipeline.EMBEDDED_DATASET, split)
   expected = [adm_center_crop_arr(Image.open(io.BytesIO(r["image"])).convert("RGB"), 24)
-              for r in tfds.as_numpy(records)]
+              for r in records]
   np.testing.assert_array_equal(np.round(adm["image"] * 255).astype(np.uint8), expected)
   np.testing.assert_array_equal(adm["index"], np.arange(6))
   assert np.abs(adm["image"] - center["image"]).max() > 1 / 255

@@ -82,7 +82,7 @@ def _batches(images, batch_size=256):
 @pytest.mark.slow  # trains the network
 def test_short_training_beats_chance_and_records_its_accuracy(classifier, data_dir):
   assert classifier.trained_now
-  assert classifier.name == f"offline_cnn_v1_fsq_photo_crops_32px_steps{TEST_STEPS}_seed0"
+  assert classifier.name == f"offline_cnn_v2_fsq_photo_crops_32px_steps{TEST_STEPS}_seed0"
   assert classifier.validation_accuracy > 0.6  # Chance is 1/8.
   # Counted here from the predictions on the validation crops, not by the recorder.
   images, labels = _images_and_labels(data_dir, "validation")
@@ -200,7 +200,7 @@ def test_auto_falls_back_to_the_offline_network(monkeypatch, tmp_path, data_dir,
   caplog.set_level(logging.INFO, logger="absl")
   network = features.get_feature_network("auto", cache_dir=str(tmp_path), data_dir=data_dir,
                                          offline_steps=TEST_STEPS)
-  name = f"offline_cnn_v1_fsq_photo_crops_32px_steps{TEST_STEPS}_seed0"
+  name = f"offline_cnn_v2_fsq_photo_crops_32px_steps{TEST_STEPS}_seed0"
   assert network.name == name and len(trainings) == 1
   assert network.name.startswith(offline_network.ARCHITECTURE)
   lines = [r.message for r in caplog.records if r.message.startswith("FID features:")]

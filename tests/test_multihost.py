@@ -1,19 +1,15 @@
 """Two local processes (jax.distributed, gloo CPU collectives) against one process.
 
-Each process of a two-process run reads its own slice of the data, so its global batch is
-[process 0's rows, process 1's rows] of two different slices, with per-process
-augmentation keys. A one-process run of the same config reads the whole split instead:
-different batches, different losses. The comparison that must hold is with one process fed
-the same global batches, so the reference run reads both slices itself and concatenates
-them (`pipeline.create_split` wrapped in the reference process). It runs on two CPU
-devices: the same per-device programs as the two processes, so the results agree to
-float32 round-off of the cross-device sums. Stage II batches are slices of one global batch
-of the shared token files (`tokens.TokenBatches`), so there the reference only needs the
-same token files: it trains on a copy of the ones the two processes extracted.
-Evaluation reads exact, non-overlapping slices of the eval split and puts the tokens back in
-split order, and sampling generates each process's rows of the same global batches, so there
-the reference is simply one process: usage counts, tokens and samples must be equal, FID
-statistics and results.json equal up to round-off.
+The global batch at step s does not depend on the number of processes that read it (each
+process materialises its rows of it, data/pipeline.py), so the reference is simply the same
+command line on one process. It runs on two CPU devices: the same per-device programs as the
+two processes, so the results agree to float32 round-off of the cross-device sums. Token
+extraction writes each process's rows with their positions, so both runs load the same token
+array and Stage II trains on the same batches. Evaluation reads exact, non-overlapping rows
+of the eval split and puts the tokens back in split order, and sampling generates each
+process's rows of the same global batches: usage counts, tokens and samples must be equal,
+FID statistics and results.json equal up to round-off. A run stopped on two processes and
+resumed on one (and the other way round) continues the same trajectory.
 The training and evaluation runs take minutes and are marked slow (`make test-slow`).
 """
 
@@ -32,6 +28,7 @@ import pytest
 
 from fsq_repro import checkpoints, config_lib, parallel
 from fsq_repro import workdir as workdir_lib
+from fsq_repro.data import tokens as tokens_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_S = 900
@@ -63,36 +60,6 @@ CONFIG = textwrap.dedent("""
       c.sample.cfg = 0.1
       return c
 """)
-
-REFERENCE_RUN = textwrap.dedent("""
-    import os, shutil, sys
-    import jax
-    jax.config.update("jax_num_cpu_devices", 2)
-    import numpy as np
-    from fsq_repro import api, config_lib
-    from fsq_repro import workdir as workdir_lib
-    from fsq_repro.data import extract, pipeline
-    from fsq_repro.train import stage1, stage2
-
-    config_path, workdir, two_process_tokens = sys.argv[1:4]
-    config = config_lib.load_config(config_path)
-    read_slice = pipeline.create_split
-
-    def both_slices(*args, batch_size, **kwargs):
-      # The two-process global batch: process 0's rows of its slice, then process 1's.
-      halves = [read_slice(*args, batch_size=batch_size // 2, process_index=i,
-                           process_count=2, **kwargs) for i in range(2)]
-      for first, second in zip(*halves):
-        yield {k: np.concatenate([first[k], second[k]]) for k in first}
-
-    pipeline.create_split = both_slices
-    stage1.train_and_evaluate(config, workdir)
-    extract.extract_tokens(config, os.path.join(workdir, "extracted_tokens"),
-                           api.Tokenizer.from_workdir(workdir, config))
-    shutil.copytree(two_process_tokens, workdir_lib.token_dir(workdir))
-    stage2.train_and_evaluate(config, workdir)
-""")
-
 
 EVAL_RUN = textwrap.dedent("""
     import sys
@@ -186,14 +153,23 @@ def check_finished(processes: dict, what: str) -> None:
       assert process.returncode == 0, f"{what} ({log_path}):\n{f.read()[-4000:]}"
 
 
-def run_two_processes(mode: str, config_path, workdir) -> None:
+def run_two_processes(mode: str, config_path, workdir, *flags: str) -> None:
   """`python -m fsq_repro.main` as processes 0 and 1 of one job on 127.0.0.1."""
   address = f"127.0.0.1:{free_port()}"
   logs = [f"{workdir}-{mode}-{i}.log" for i in range(2)]
   check_finished({log: spawn(
       ["-m", "fsq_repro.main", f"--mode={mode}", f"--config={config_path}",
        f"--workdir={workdir}", f"--coordinator_address={address}", "--num_processes=2",
-       f"--process_id={i}"], 1, log) for i, log in enumerate(logs)}, f"two-process {mode}")
+       f"--process_id={i}", *flags], 1, log) for i, log in enumerate(logs)},
+      f"two-process {mode}")
+
+
+def run_one_process(mode: str, config_path, workdir, *flags: str, devices: int = 2) -> None:
+  """The same command line as one process with `devices` CPU devices."""
+  log = f"{workdir}-{mode}-one.log"
+  check_finished({log: spawn(
+      ["-m", "fsq_repro.main", f"--mode={mode}", f"--config={config_path}",
+       f"--workdir={workdir}", *flags], devices, log)}, f"one-process {mode}")
 
 
 def read_metrics(workdir, stage: str) -> list[dict]:
@@ -230,19 +206,17 @@ def trained(tmp_path_factory):
   config_path = root / "tiny_multihost.py"
   config_path.write_text(CONFIG)
   two, one = root / "two_processes", root / "one_process"
-  run_two_processes("stage1", config_path, two)
-  run_two_processes("stage2", config_path, two)
-  log = root / "reference.log"
-  check_finished({log: spawn(["-c", REFERENCE_RUN, str(config_path), str(one),
-                              str(two / "stage2" / "tokens")], 2, log)},
-                 "one-process reference")
+  for mode in ("stage1", "stage2"):
+    run_two_processes(mode, config_path, two)
+    run_one_process(mode, config_path, one)
   return config_path, load_config(config_path), two, one
 
 
 @pytest.mark.slow
 def test_two_processes_train_like_one(trained):
-  """Stage I, token extraction and Stage II: losses, tokens and final parameters agree."""
-  _, config, two, one = trained
+  """Stage I, token extraction and Stage II from the command line: losses at every logged
+  step, tokens and final parameters agree."""
+  _, _, two, one = trained
   for stage, keys in (("stage1", ("generator_loss", "discriminator_loss",
                                   "reconstruction_loss", "r1_penalty")),
                       ("stage2", ("loss", "masked_token_accuracy", "grad_norm"))):
@@ -252,14 +226,13 @@ def test_two_processes_train_like_one(trained):
       for key in keys:
         np.testing.assert_allclose(a[key], b[key], rtol=1e-5, err_msg=f"{stage} {key}")
 
-  # Extraction: each process wrote its half of every global batch, in batch order.
-  extracted = np.concatenate([np.load(p)["tokens"] for p in
-                              sorted((one / "extracted_tokens").glob("tokens-p*.npz"))])
-  local = config.stage2.batch_size // 2
-  by_process = extracted.reshape(-1, 2, local, *extracted.shape[1:]).swapaxes(0, 1)
-  for process in range(2):
-    np.testing.assert_array_equal(process_tokens(two / "stage2" / "tokens", process),
-                                  by_process[process].reshape(-1, *extracted.shape[1:]))
+  # Extraction: each process wrote its half of every global batch; loaded, they are one
+  # process's extraction, row for row.
+  halves = [process_tokens(two / "stage2" / "tokens", process) for process in range(2)]
+  assert len(halves[0]) == len(halves[1]) > 0
+  for a, b in zip(tokens_lib.load_all(two / "stage2" / "tokens"),
+                  tokens_lib.load_all(one / "stage2" / "tokens")):
+    np.testing.assert_array_equal(a, b)
 
   for stage in ("stage1", "stage2"):
     assert_trees_close(final_state(two, stage), final_state(one, stage), f"{stage} state")
@@ -268,6 +241,32 @@ def test_two_processes_train_like_one(trained):
     assert list(timings["phases_s"]) == ["startup", *(["tokens"] if stage == "stage2" else []),
                                          "setup", "first_step", "steps", "final_checkpoint"]
     assert timings["counts"]["steps"] == 2  # the steps after the first (which compiles)
+
+
+@pytest.mark.slow
+def test_stage1_resumed_on_another_number_of_processes_continues_the_same_run(tmp_path):
+  """10 steps on two processes, then 10 more on one, end where 20 steps on one process end;
+  10 on one, then 10 on two, too. Logged losses agree at every step (relative 1e-4)."""
+  config_path = tmp_path / "tiny_multihost.py"
+  config_path.write_text(CONFIG)
+  steps = ["--config.stage1.log_every_steps=1", "--config.stage1.checkpoint_every_steps=10"]
+  first, second = "--config.stage1.num_train_steps=10", "--config.stage1.num_train_steps=20"
+  straight, two_then_one, one_then_two = (tmp_path / n for n in ("straight", "two_one", "one_two"))
+  run_one_process("stage1", config_path, straight, *steps, second, devices=1)
+  run_two_processes("stage1", config_path, two_then_one, *steps, first)
+  run_one_process("stage1", config_path, two_then_one, *steps, second, devices=1)
+  run_one_process("stage1", config_path, one_then_two, *steps, first, devices=1)
+  run_two_processes("stage1", config_path, one_then_two, *steps, second)
+  expected = read_metrics(straight, "stage1")
+  assert [m["step"] for m in expected] == list(range(1, 21))
+  for resumed in (two_then_one, one_then_two):
+    got = read_metrics(resumed, "stage1")
+    assert [m["step"] for m in got] == list(range(1, 21)), resumed
+    for a, b in zip(got, expected):
+      for key in ("generator_loss", "reconstruction_loss"):
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-4, err_msg=f"{resumed} {key}")
+    assert_trees_close(final_state(resumed, "stage1"), final_state(straight, "stage1"),
+                       str(resumed))
 
 
 @pytest.mark.slow
@@ -281,10 +280,9 @@ def test_two_processes_evaluate_like_one(trained, tmp_path):
   for workdir in runs.values():
     shutil.copytree(two, workdir, ignore=shutil.ignore_patterns("eval", "samples", "*.log"))
   for mode in ("sample", "eval"):  # one process first: it trains the offline network once
-    log = tmp_path / f"one-{mode}.log"
-    check_finished({log: spawn(["-m", "fsq_repro.main", f"--mode={mode}",
-                                f"--config={config_path}", f"--workdir={runs['one']}"], 1,
-                               log)}, f"one-process {mode}")
+    # On two devices: the per-device programs of the two processes, so the uint8 samples
+    # match bit for bit (one device's larger batches round differently).
+    run_one_process(mode, config_path, runs["one"])
     run_two_processes(mode, config_path, runs["two"])
   samples = [np.load(w / "samples" / "cfg_0.1" / "samples.npz") for w in runs.values()]
   assert samples[0]["arr_0"].shape == (24, 16, 16, 3)
@@ -321,7 +319,7 @@ def test_two_processes_evaluate_like_one(trained, tmp_path):
        str(i)], 1, tmp_path / f"{i}.log") for i in range(2)}, "two-process evaluation")
   check_finished({tmp_path / "one.log": spawn(
       ["-c", EVAL_RUN, str(config_path), str(two), str(tmp_path / "one.npz"), "", "1", "0"],
-      1, tmp_path / "one.log")}, "one-process evaluation")
+      2, tmp_path / "one.log")}, "one-process evaluation")
   one = np.load(tmp_path / "one.npz")
   assert one["count"] == one["num_images"] == 200 and one["counts"].sum() == 200 * 64
   for i in range(2):

@@ -328,6 +328,22 @@ def test_extraction_encodes_training_batches_in_order_and_resumes(tmp_path):
   assert again.calls == 0
 
 
+def test_token_shards_load_in_pass_order_whatever_the_process_count(tmp_path):
+  """Shards written by two processes (each its half of every global batch of 4) load as the
+  one process's extraction would: rows in pass order."""
+  tokens = np.arange(16 * 2 * 2).reshape(16, 2, 2)
+  labels = np.arange(16) % 5
+  for process in range(2):
+    rows = np.concatenate([step * 4 + process * 2 + np.arange(2) for step in range(4)])
+    for shard, chunk in enumerate(np.split(rows, 2)):
+      tokens_lib.write_shard(tokens_lib.shard_path(str(tmp_path), process, shard),
+                             tokens[chunk], labels[chunk], chunk, codebook_size=64)
+  tokens_lib.mark_complete(str(tmp_path))
+  loaded_tokens, loaded_labels = tokens_lib.load_all(str(tmp_path))
+  np.testing.assert_array_equal(loaded_tokens, tokens)
+  np.testing.assert_array_equal(loaded_labels, labels)
+
+
 @pytest.mark.slow  # both stages end to end
 def test_stage2_job_extracts_through_the_tokenizer_and_api_loads_the_run(tmp_path):
   """train_and_evaluate: extraction through api.Tokenizer, then the loop, and the token

@@ -1,1 +1,2 @@
-"""Input pipelines (TFDS -> per-process batches), the embedded datasets, Stage I token files."""
+"""Input pipelines (TFDS -> Grain -> each process's rows of the global batches), the embedded
+datasets, Stage I token files."""

@@ -2,7 +2,8 @@
 
 Each process encodes its rows of every global batch (train-time crops and flips, the
 batches Stage I would see at those steps) and writes them as token shards of
-`SHARD_BATCHES` batches (data/tokens.py). An interrupted extraction resumes at the first
+`SHARD_BATCHES` batches (data/tokens.py), with each row's position in the pass, so the
+tokens load in one order whatever the number of processes that wrote them. An interrupted extraction resumes at the first
 missing shard; the "complete" marker is written once every process has written all of its.
 """
 
@@ -42,18 +43,24 @@ def extract_tokens(config, directory: str, tokenizer, log=print) -> None:
         config.dataset.name, config.dataset.train_split, batch_size=local_batch,
         image_size=config.dataset.image_size, train=True, seed=config.seed, start_step=first,
         data_dir=config.dataset.data_dir)
-    shard_tokens, shard_labels = [], []
-    for _ in range(first, min(first + SHARD_BATCHES, steps)):
+    shard_tokens, shard_labels, shard_rows = [], [], []
+    for step in range(first, min(first + SHARD_BATCHES, steps)):
       batch = next(batches)
       images = parallel.global_batch({"image": batch["image"]}, mesh)["image"]
       shard_tokens.append(parallel.local_rows(tokenizer.encode(images)))
       shard_labels.append(batch["label"])
+      shard_rows.append(step * s.batch_size + process * local_batch + np.arange(local_batch))
     tokens_lib.write_shard(path, np.concatenate(shard_tokens), np.concatenate(shard_labels),
-                           tokenizer.codebook_size)
+                           np.concatenate(shard_rows), tokenizer.codebook_size)
     log(f"stage2: extracted token shard {shard + 1}/{num_shards}")
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices("token extraction")
+  _sync("token shards written")
   if process == 0:
     tokens_lib.mark_complete(directory, num_shards=num_shards, steps=steps,
                              batch_size=s.batch_size)
+  _sync("token extraction marked complete")  # no process reads the tokens before that
+
+
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)

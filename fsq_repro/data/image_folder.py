@@ -6,8 +6,8 @@
 Labels are the class folder names in sorted order (the union over splits). The folder is
 converted once into a prepared TFDS dataset under the data dir, named by a fingerprint of
 every file's path, size and mtime (so a changed folder is converted again), and then it is
-read like any TFDS dataset: per-process slices, split slicing ('train[:90%]'), deterministic
-resumable batches.
+read like any TFDS dataset: split slicing ('train[:90%]'), deterministic resumable global
+batches.
 
 Unreadable or truncated images are skipped and counted, never fatal: at conversion each file
 is decoded with the decoder training uses; a warning names the count and the first paths,
@@ -17,12 +17,15 @@ image is an error.
 
 import dataclasses
 import hashlib
+import io
 import os
 import re
 
-import tensorflow as tf
+import PIL.Image
 import tensorflow_datasets as tfds
 from absl import logging
+
+from fsq_repro.data import images
 
 PREFIX = "image_folder:"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -89,11 +92,14 @@ def scan(dataset_name: str) -> Folder:
 
 
 def decodes(data: bytes) -> bool:
-  """Whether training's decoder (pipeline._epoch_dataset) reads `data` as an RGB image."""
+  """Whether `data` is a whole image file (PIL's verify: no truncation, valid checksums) that
+  the pipeline's decoder (images.decode) reads as an RGB image."""
   try:
-    tf.io.decode_image(data, channels=3, expand_animations=False)
+    with PIL.Image.open(io.BytesIO(data)) as image:
+      image.verify()
+    images.decode(data)
     return True
-  except (tf.errors.InvalidArgumentError, tf.errors.UnknownError):
+  except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError):
     return False
 
 

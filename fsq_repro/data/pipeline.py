@@ -1,27 +1,42 @@
-"""Input pipeline: TFDS split -> per-process, deterministic, resumable batches.
+"""Input pipeline: a TFDS split read through Grain -> this process's rows of global batches.
 
-The batch at step s is a pure function of (dataset, split, seed, s, process):
-each epoch's order comes from a shuffle seeded by (seed, epoch), and every
-random augmentation from stateless ops keyed by (seed, process, epoch,
-position in epoch). A run resumed at `start_step` therefore yields exactly the
-batches an uninterrupted run yields from that step on: whole epochs are skipped
-by arithmetic, and within an epoch the skipped records are never decoded.
+The global batch at step s is a pure function of (dataset, split, seed, s), whatever the
+number of processes that read it. Epoch e of a training split is a permutation of its
+records seeded by (seed, e); step s takes positions [s B, (s + 1) B) of the epochs laid end
+to end (B the global batch; an epoch holds floor(records / B) batches, the leftover records
+of each permutation are dropped), and every random augmentation is keyed by (seed, epoch,
+position in epoch). Process p of P materialises rows [p B/P, (p + 1) B/P) of every global
+batch, reading only their records: the split is a random-access source (TFDS's ArrayRecord
+data source), so a run resumed at step s starts there without reading anything before it,
+and a run resumed on another number of processes continues the same batches. Evaluation
+reads the split in order: step s holds positions [s B, (s + 1) B), the last global batch
+padded with rows whose `mask` is False and `index` -1.
 
-MaskGIT never published its training input code; we use the usual recipe of
-its VQGAN lineage. Train takes a random square crop whose side is the image's
-short side, resizes it to `image_size` and flips it horizontally with
-probability 1/2 (the same as resizing the short side, then random-cropping);
-eval resizes the short side and takes the center crop (`crop="center"`), or crops as ADM's
-reference batches were made (`crop="adm"`, data/adm_crop.py). Images are float32 in [0, 1].
-Every batch also carries `mask` (False marks padding, see `create_split`).
+Grain builds the batches (`grain.MapDataset` over steps, read ahead by threads or, with
+`num_workers`, worker processes); decoding and cropping are numpy (data/images.py). TFDS
+prepares the data in ArrayRecord; a dataset prepared earlier as TFRecord gets an ArrayRecord
+copy once (`_add_array_record`), the one place that still reads through tf.data.
+
+MaskGIT never published its training input code; we use the usual recipe of its VQGAN
+lineage. Train takes a random square crop whose side is the image's short side, resizes it
+to `image_size` and flips it horizontally with probability 1/2 (the same as resizing the
+short side, then random-cropping); eval resizes the short side and takes the center crop
+(`crop="center"`), or crops as ADM's reference batches were made (`crop="adm"`,
+data/adm_crop.py). Images are float32 in [0, 1].
 """
 
+import dataclasses
+import functools
 import math
 import os
+import sys
+import uuid
 from typing import Iterator
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import grain  # pylint: disable=g-import-not-at-top
+from absl import flags  # pylint: disable=g-import-not-at-top
 import jax  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -31,11 +46,12 @@ from fsq_repro import files, parallel  # pylint: disable=g-import-not-at-top
 from fsq_repro.data import adm_crop  # pylint: disable=g-import-not-at-top
 from fsq_repro.data import embedded  # pylint: disable=g-import-not-at-top
 from fsq_repro.data import image_folder  # pylint: disable=g-import-not-at-top
+from fsq_repro.data import images  # pylint: disable=g-import-not-at-top
 
 EMBEDDED_DATASET = embedded.FsqPhotoCrops.name  # "fsq_photo_crops"
-# Records held for shuffling; for ImageNet (~110 kB per JPEG) about 1.8 GB.
-SHUFFLE_BUFFER = 16_384
+FILE_FORMAT = "array_record"  # random access, what tfds.data_source reads
 _IMAGENET_TARS = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
+CROPS = ("center", "adm")
 
 
 def _hide_accelerators_from_tf() -> None:
@@ -70,17 +86,48 @@ def _builder(dataset_name: str, data_dir: str | None):
 
 
 def _prepared_builder(dataset_name: str, data_dir: str | None):
+  """The builder of `dataset_name`, prepared (once, under a file lock) with ArrayRecord files."""
   builder = _builder(dataset_name, data_dir)
-  if builder.is_prepared():
+  if builder.is_prepared() and _has_array_record(builder):
     return builder
-  _check_manual_data(builder)
+  if not builder.is_prepared():
+    _check_manual_data(builder)
   with files.file_lock(os.path.join(builder.data_dir_root, builder.name + ".lock")):
+    builder = _builder(dataset_name, data_dir)  # another process may have prepared it
     if not builder.is_prepared():
-      builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-          try_download_gcs=False))
-      return builder
-  # Another process prepared it while we waited: load the info it wrote.
-  return _builder(dataset_name, data_dir)
+      builder.download_and_prepare(file_format=FILE_FORMAT,
+                                   download_config=tfds.download.DownloadConfig(
+                                       try_download_gcs=False))
+    elif not _has_array_record(builder):
+      _add_array_record(builder)
+  return _builder(dataset_name, data_dir)  # the info as written
+
+
+def _has_array_record(builder) -> bool:
+  proto = builder.info.as_proto  # as written: TFDS 4.9 reads alternative formats into it only
+  return FILE_FORMAT in (proto.file_format, *proto.alternative_file_formats)
+
+
+def _add_array_record(builder) -> None:
+  """Writes an ArrayRecord copy of a dataset prepared as TFRecord only (by an earlier version of
+  this pipeline, or another tool), record for record and shard for shard, and records it in
+  the dataset's info as an alternative format. Each shard is written to a temporary name
+  and renamed, so an interrupted copy is redone, never read."""
+  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+  for split_info in builder.info.splits.values():
+    template = split_info.filename_template
+    sources = template.sharded_filepaths(split_info.num_shards)
+    targets = template.replace(filetype_suffix=FILE_FORMAT).sharded_filepaths(
+        split_info.num_shards)
+    for source, target in zip(sources, targets):
+      temporary = f"{target}.{uuid.uuid4().hex}.tmp"
+      writer = array_record_module.ArrayRecordWriter(temporary, "group_size:1")
+      for record in tf.data.TFRecordDataset(os.fspath(source)).as_numpy_iterator():
+        writer.write(record)
+      writer.close()
+      os.replace(temporary, target)
+  builder.info.add_alternative_file_format(FILE_FORMAT)
+  builder.info.write_to_directory(builder.data_dir)
 
 
 def _check_manual_data(builder) -> None:
@@ -116,99 +163,17 @@ def num_classes(dataset_name: str, *, data_dir: str | None = None) -> int:
   return _builder(dataset_name, data_dir).info.features["label"].num_classes
 
 
-def preprocess_image(image: tf.Tensor, image_size: int,
-                     augment_seed: tf.Tensor | None) -> tf.Tensor:
-  """uint8 [H, W, 3] -> float32 [image_size, image_size, 3] in [0, 1].
-
-  With `augment_seed` (a stateless [2] seed): random short-side square crop and
-  random horizontal flip. Without: center crop.
-  """
-  height, width = tf.shape(image)[0], tf.shape(image)[1]
-  side = tf.minimum(height, width)
-  if augment_seed is None:
-    top, left, flip = (height - side) // 2, (width - side) // 2, False
-  else:
-    top_seed, left_seed, flip_seed = tf.unstack(
-        tf.random.experimental.stateless_split(augment_seed, 3))
-    top = tf.random.stateless_uniform(
-        [], top_seed, minval=0, maxval=height - side + 1, dtype=tf.int32)
-    left = tf.random.stateless_uniform(
-        [], left_seed, minval=0, maxval=width - side + 1, dtype=tf.int32)
-    flip = tf.random.stateless_uniform([], flip_seed) < 0.5
-  square = image[top:top + side, left:left + side]
-  resized = tf.image.resize(square, [image_size, image_size], method="bicubic",
-                            antialias=True)
-  if augment_seed is not None:
-    resized = tf.cond(flip, lambda: resized[:, ::-1], lambda: resized)
-  return tf.clip_by_value(resized / 255.0, 0.0, 1.0)
-
-
-def _epoch_seeds(seed: int, epoch: int, process_index: int) -> tuple[int, list]:
-  """(shuffle seed, stateless augmentation key) of one epoch on one process."""
-  shuffle_seed = np.random.SeedSequence([seed, epoch, 0]).generate_state(1)[0]
-  augment_key = np.random.SeedSequence(
-      [seed, epoch, 1, process_index]).generate_state(2)
-  return int(shuffle_seed), [int(k) for k in augment_key]
-
-
-CROPS = ("center", "adm")
-
-
-def _epoch_dataset(builder, shard, *, shard_size: int, steps: int,
-                   batch_size: int, image_size: int, train: bool, seed: int,
-                   epoch: int, process_index: int,
-                   skip: int, crop: str = "center", shard_offset: int = 0) -> tf.data.Dataset:
-  """One epoch's batches from `skip` examples in: `steps` full batches. Without `train`,
-  each example also carries `index`, its position in the split (-1 for padding)."""
-  shuffle_seed, augment_key = _epoch_seeds(seed, epoch, process_index)
-  records = builder.as_dataset(
-      split=shard, shuffle_files=train,
-      read_config=tfds.ReadConfig(shuffle_seed=shuffle_seed,
-                                  try_autocache=False),
-      decoders={"image": tfds.decode.SkipDecoding()})
-  records = records.map(lambda x: {"image": x["image"], "label": x["label"]})
-  if train:
-    # An op seed without a TF global seed is a fixed stream; we never set one.
-    records = records.shuffle(min(shard_size, SHUFFLE_BUFFER),
-                              seed=shuffle_seed)
-  num_real = min(shard_size, steps * batch_size)
-
-  def decode(index, record):
-    example = {"label": tf.cast(record["label"], tf.int32), "mask": tf.constant(True)}
-    if crop == "adm" and not train:
-      example["image"] = _adm_crop(record["image"], image_size)
-    else:
-      image = tf.io.decode_image(record["image"], channels=3, expand_animations=False)
-      augment_seed = None
-      if train:
-        augment_seed = tf.random.experimental.stateless_fold_in(
-            tf.constant(augment_key, tf.int64), index)
-      example["image"] = preprocess_image(image, image_size, augment_seed)
-    if not train:
-      example["index"] = index + shard_offset
-    return example
-
-  # Skip before decoding so that resuming costs only reading the records.
-  examples = records.take(num_real).enumerate().skip(skip).map(
-      decode, num_parallel_calls=tf.data.AUTOTUNE)
-  num_padding = steps * batch_size - num_real
-  if num_padding:
-    fill = {"image": tf.zeros([image_size, image_size, 3], tf.float32),
-            "label": tf.constant(0, tf.int32), "mask": tf.constant(False)}
-    if not train:
-      fill["index"] = tf.constant(-1, tf.int64)
-    padding = tf.data.Dataset.from_tensors(fill).repeat(num_padding)
-    examples = examples.concatenate(padding.skip(max(0, skip - num_real)))
-  return examples.batch(batch_size, drop_remainder=True).prefetch(
-      tf.data.AUTOTUNE)
-
-
-def _adm_crop(encoded: tf.Tensor, image_size: int) -> tf.Tensor:
-  """Encoded bytes -> float32 [image_size, image_size, 3] in [0, 1] by ADM's PIL crop."""
-  pixels = tf.numpy_function(adm_crop.decode_and_crop, [encoded, image_size], tf.uint8,
-                             stateful=False)
-  pixels.set_shape([image_size, image_size, 3])
-  return tf.cast(pixels, tf.float32) / 255.0
+def records(dataset_name: str, split: str, *, data_dir: str | None = None):
+  """`split` as a random-access sequence of {'image': encoded bytes, 'label': int, ...}."""
+  builder = _prepared_builder(dataset_name, data_dir)
+  try:
+    builder.info.splits[split]  # Parses slices such as 'train[:10%]' too.
+  except (KeyError, ValueError) as e:
+    raise ValueError(f"split={split!r} of {builder.name}: {e}") from e
+  if FILE_FORMAT not in {f.value for f in builder.info.available_file_formats()}:
+    builder.info.add_alternative_file_format(FILE_FORMAT)  # the copy of _add_array_record
+  return builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()},
+                                file_format=FILE_FORMAT)
 
 
 def first_examples(dataset_name: str, split: str, num_examples: int, *,
@@ -232,33 +197,68 @@ def first_examples(dataset_name: str, split: str, num_examples: int, *,
   return "+".join(parts)
 
 
-def _process_shards(builder, split: str, *, process_count: int,
-                    drop_remainder: bool, batch_size: int):
-  """Every process's slice of `split`, their sizes, and steps per epoch."""
-  try:
-    builder.info.splits[split]  # Parses slices such as 'train[:10%]' too.
-  except (KeyError, ValueError) as e:
-    raise ValueError(f"split={split!r} of {builder.name}: {e}") from e
-  shards = [tfds.split_for_jax_process(split, process_index=i,
-                                       process_count=process_count,
-                                       drop_remainder=drop_remainder)
-            for i in range(process_count)]
-  sizes = [builder.info.splits[shard].num_examples for shard in shards]
-  if drop_remainder:  # The shards then hold equally many examples.
-    steps_per_epoch = min(sizes) // batch_size
-  else:  # Every process pads up to the largest shard.
-    steps_per_epoch = math.ceil(max(sizes) / batch_size)
-  if steps_per_epoch == 0:
-    raise ValueError(
-        f"batch_size={batch_size} exceeds the {min(sizes)} examples per "
-        f"process of {builder.name} {split}; lower it")
-  return shards, sizes, steps_per_epoch
-
-
 def _check_positive(**values) -> None:
   for name, value in values.items():
     if not isinstance(value, int) or value <= 0:
       raise ValueError(f"{name}={value!r} must be a positive int")
+
+
+@functools.lru_cache(maxsize=2)  # the epoch being read, and the next one
+def _epoch_order(num_records: int, seed: int, epoch: int) -> np.ndarray:
+  """The permutation of a training split's record indices that epoch `epoch` reads."""
+  return np.random.default_rng([seed, epoch, 0]).permutation(num_records)
+
+
+@dataclasses.dataclass(frozen=True)
+class GlobalBatches:
+  """Step -> this process's rows of the global batch at that step (the module docstring).
+
+  A picklable function of the step alone, so Grain may call it in any thread or worker
+  process, for any step, in any order.
+  """
+  source: object  # random access: source[i] -> {'image': bytes, 'label': int}
+  num_records: int
+  global_batch_size: int
+  steps_per_epoch: int
+  first_row: int  # this process's rows of a global batch: [first_row, first_row + num_rows)
+  num_rows: int
+  image_size: int
+  train: bool
+  seed: int
+  crop: str
+
+  def record_indices(self, step: int) -> tuple[int, np.ndarray, np.ndarray]:
+    """(epoch, positions in the epoch, record indices) of this process's rows at `step`;
+    index -1 marks a padding row (a position past the split's end)."""
+    epoch, step_in_epoch = divmod(step, self.steps_per_epoch)
+    positions = (step_in_epoch * self.global_batch_size + self.first_row +
+                 np.arange(self.num_rows))
+    real = positions < self.num_records
+    order = _epoch_order(self.num_records, self.seed, epoch) if self.train else None
+    indices = np.where(real, positions if order is None else
+                       order[np.minimum(positions, self.num_records - 1)], -1)
+    return epoch, positions, indices
+
+  def _image(self, encoded: bytes, epoch: int, position: int) -> np.ndarray:
+    if self.train:
+      rng = np.random.default_rng([self.seed, epoch, 1, position])
+      return images.random_crop(images.decode(encoded), self.image_size, rng)
+    if self.crop == "adm":
+      return adm_crop.decode_and_crop(encoded, self.image_size).astype(np.float32) / 255.0
+    return images.center_crop(images.decode(encoded), self.image_size)
+
+  def __call__(self, step: int) -> dict[str, np.ndarray]:
+    epoch, positions, indices = self.record_indices(step)
+    size = self.image_size
+    batch = {"image": np.zeros([self.num_rows, size, size, 3], np.float32),
+             "label": np.zeros([self.num_rows], np.int32), "mask": indices >= 0}
+    rows = np.flatnonzero(batch["mask"])
+    for row, record in zip(rows, self.source.__getitems__(indices[rows].tolist())):
+      batch["image"][row] = self._image(record["image"], epoch, int(positions[row]))
+      batch["label"][row] = record["label"]
+    if not self.train:
+      batch["index"] = np.where(batch["mask"], positions, -1).astype(np.int64)
+    return batch
 
 
 def create_split(
@@ -276,41 +276,43 @@ def create_split(
     drop_remainder: bool | None = None,
     num_epochs: int | None = None,
     crop: str = "center",
+    num_threads: int = 2,
+    num_workers: int = 0,
 ) -> Iterator[dict[str, np.ndarray]]:
-  """This process's batches of `split`: {'image', 'label', 'mask'} numpy dicts.
+  """This process's rows of the global batches of `split`: {'image', 'label', 'mask'} numpy
+  dicts, the global batch being `batch_size` x `process_count` rows.
 
   Args:
     dataset_name: a TFDS name with 'image' and 'label' features, e.g.
       'fsq_photo_crops' (embedded, prepared on first use), 'imagenet2012', or
       'image_folder:<dir>' (class subfolders of JPEG/PNG files, image_folder.py).
-    split: a TFDS split string; each process reads its own even slice of it.
-    batch_size: examples per batch on this process.
+    split: a TFDS split string.
+    batch_size: rows of every global batch on this process.
     image_size: output height and width.
     train: shuffle every epoch and augment (random crop + flip), or not.
-    seed: non-negative int; with `start_step` it fixes every batch.
+    seed: non-negative int; with `start_step` it fixes every global batch.
     start_step: index of the first batch yielded (resume from a checkpoint).
     data_dir: TFDS data dir; default `files.data_dir()`.
-    process_index, process_count: this process's slice; default from JAX.
-    drop_remainder: True: an epoch is floor(examples per process / batch)
-      full batches (the leftover examples differ from epoch to epoch when
-      training). False: an epoch covers every example once and all processes
-      yield the same number of batches, the last ones padded with zero images
-      whose `mask` is False. Default: `train`.
-    num_epochs: epochs counted from step 0 (None: forever when training,
-      1 otherwise).
-    crop: without `train`, "center" (crop, then TF bicubic) or "adm" (ADM's
-      reference-batch preprocessing, data/adm_crop.py).
+    process_index, process_count: this process's rows; default from JAX.
+    drop_remainder: True: an epoch is floor(examples / global batch) full global batches.
+      False: an epoch covers every example once, the last global batch padded with zero
+      images whose `mask` is False. Default: `train`.
+    num_epochs: epochs counted from step 0 (None: forever when training, 1 otherwise).
+    crop: without `train`, "center" (crop, then bicubic) or "adm" (ADM's reference-batch
+      preprocessing, data/adm_crop.py).
+    num_threads: Grain threads building batches ahead of use (0: on demand).
+    num_workers: Grain worker processes building them instead (0: none).
 
   Returns:
-    An iterator of dicts: 'image' float32 [B, image_size, image_size, 3] in
-    [0, 1], 'label' int32 [B], 'mask' bool [B]; without `train` also 'index'
-    int64 [B], each example's position in `split` (-1 for padding).
+    An iterator of dicts: 'image' float32 [B, image_size, image_size, 3] in [0, 1], 'label'
+    int32 [B], 'mask' bool [B]; without `train` also 'index' int64 [B], each example's
+    position in `split` (-1 for padding).
   """
   _check_positive(batch_size=batch_size, image_size=image_size)
-  if not isinstance(seed, int) or seed < 0:
-    raise ValueError(f"seed={seed!r} must be a non-negative int")
-  if not isinstance(start_step, int) or start_step < 0:
-    raise ValueError(f"start_step={start_step!r} must be a non-negative int")
+  for name, value in (("seed", seed), ("start_step", start_step),
+                      ("num_threads", num_threads), ("num_workers", num_workers)):
+    if not isinstance(value, int) or value < 0:
+      raise ValueError(f"{name}={value!r} must be a non-negative int")
   if num_epochs is not None:
     _check_positive(num_epochs=num_epochs)
   if crop not in CROPS:
@@ -326,34 +328,36 @@ def create_split(
   if num_epochs is None and not train:
     num_epochs = 1
 
-  builder = _prepared_builder(dataset_name, data_dir)
-  shards, sizes, steps_per_epoch = _process_shards(
-      builder, split, process_count=process_count,
-      drop_remainder=drop_remainder, batch_size=batch_size)
-
-  def make_epoch(epoch: int, skip: int) -> tf.data.Dataset:
-    return _epoch_dataset(
-        builder, shards[process_index], shard_size=sizes[process_index],
-        steps=steps_per_epoch, batch_size=batch_size, image_size=image_size,
-        train=train, seed=seed, epoch=epoch, process_index=process_index,
-        skip=skip, crop=crop, shard_offset=sum(sizes[:process_index]))
-
-  def batches():
-    epoch, step_in_epoch = divmod(start_step, steps_per_epoch)
-    while num_epochs is None or epoch < num_epochs:
-      epoch_batches = make_epoch(epoch, step_in_epoch * batch_size)
-      yield from epoch_batches.as_numpy_iterator()
-      epoch, step_in_epoch = epoch + 1, 0
-
-  return batches()
+  source = records(dataset_name, split, data_dir=data_dir)
+  global_batch_size = batch_size * process_count
+  num_records = len(source)
+  steps_per_epoch = (num_records // global_batch_size if drop_remainder else
+                     math.ceil(num_records / global_batch_size))
+  if steps_per_epoch == 0:
+    raise ValueError(
+        f"batch_size={batch_size} exceeds the {num_records // process_count} examples per "
+        f"process of {dataset_name} {split}; lower it")
+  batches = GlobalBatches(
+      source=source, num_records=num_records, global_batch_size=global_batch_size,
+      steps_per_epoch=steps_per_epoch, first_row=process_index * batch_size,
+      num_rows=batch_size, image_size=image_size, train=train, seed=seed, crop=crop)
+  stop = sys.maxsize if num_epochs is None else num_epochs * steps_per_epoch
+  steps = grain.MapDataset.range(start_step, max(start_step, stop)).map(batches)
+  dataset = steps.to_iter_dataset(grain.ReadOptions(
+      num_threads=num_threads, prefetch_buffer_size=max(1, 2 * num_threads)))
+  if num_workers:
+    if not flags.FLAGS.is_parsed():  # a script that is no absl app: Grain reads its flags
+      flags.FLAGS.mark_as_parsed()
+    dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+  return iter(dataset)
 
 
 def train_batches(config, global_batch_size: int, start_step: int, keys=("image",)):
-  """This process's augmented training batches of config.dataset from `start_step`, holding
-  only `keys` (what the Stage I and the online Stage II train steps read)."""
+  """This process's rows of the augmented global training batches of config.dataset from
+  `start_step`, holding only `keys` (what the Stage I and the online Stage II steps read)."""
+  d = config.dataset
   for batch in create_split(
-      config.dataset.name, config.dataset.train_split,
-      batch_size=parallel.per_process_batch_size(global_batch_size),
-      image_size=config.dataset.image_size, train=True, seed=config.seed,
-      start_step=start_step, data_dir=config.dataset.data_dir):
+      d.name, d.train_split, batch_size=parallel.per_process_batch_size(global_batch_size),
+      image_size=d.image_size, train=True, seed=config.seed, start_step=start_step,
+      data_dir=d.data_dir, num_threads=d.num_threads, num_workers=d.num_workers):
     yield {key: batch[key] for key in keys}

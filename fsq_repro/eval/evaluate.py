@@ -10,7 +10,7 @@
    deterministic schedule), and real range coding of `eval.range_coding_images` of them.
 
 Every count is exact (padding rows never reach a metric) and the same on any number of
-processes: each process reads its slice of a split or generates its devices' rows of a batch,
+processes: each process reads its rows of a split's batches or generates its devices' rows,
 every process gathers the batch's outputs, and only process 0 writes. Host memory holds a
 few batches and the feature pools, whatever the image count: images stream into ADM .npz
 files under `workdir`/eval/ (reconstructions, their originals, the kept samples).

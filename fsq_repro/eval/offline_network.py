@@ -34,7 +34,7 @@ from fsq_repro.models import weights
 
 # Bump the version whenever the architecture or the training recipe changes:
 # it names the network, so FIDs from different networks are never mixed.
-ARCHITECTURE = "offline_cnn_v1"
+ARCHITECTURE = "offline_cnn_v2"  # v2: trained on the Grain pipeline's batches
 WIDTHS = (32, 64, 128)  # Channels of the three conv blocks; pool is 128-d.
 # sFID's features: block 2's output average-pooled over 4x4 windows, all 64
 # channels (2x2x64 = 256-d at 32 px). Keeping a few channels at full
@@ -88,7 +88,7 @@ class Recipe:
 
   @property
   def network_name(self) -> str:
-    """e.g. 'offline_cnn_v1_fsq_photo_crops_32px'; non-default steps/seed appended."""
+    """e.g. 'offline_cnn_v2_fsq_photo_crops_32px'; non-default steps/seed appended."""
     dataset = re.sub(r"[^A-Za-z0-9]+", "_", self.dataset_name).strip("_")
     name = f"{ARCHITECTURE}_{dataset}_{self.image_size}px"
     if (self.steps, self.seed) != (DEFAULT_STEPS, 0):
