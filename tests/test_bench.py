@@ -38,3 +38,20 @@ def test_markdown_table_has_the_ratio_and_mfu():
   lines = bench_official.markdown([row]).splitlines()
   assert lines[0].startswith("| workload | official s/step | ours s/step | ours / official")
   assert lines[2] == "| Stage II, 257 tokens | 16.00 | 12.00 | 0.750 | 30.0% | 40.0% |"
+
+
+def test_input_throughput_times_each_pipeline_on_the_jpeg_folder(tmp_path, monkeypatch):
+  from scripts import bench_input  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(bench_input, "NUM_IMAGES", 16)
+  monkeypatch.setattr(bench_input, "BATCH_SIZE", 4)
+  monkeypatch.setattr(bench_input, "BATCHES", 1)
+  # A stand-in for an earlier pipeline.py: a module file with the two functions it needs.
+  earlier = tmp_path / "earlier_pipeline.py"
+  earlier.write_text("from fsq_repro.data.pipeline import create_split, num_examples\n")
+  report = bench_input.input_throughput([16, 24], str(earlier), workers=(0,))
+  assert [(r["pipeline"], r["image_size"]) for r in report["rows"]] == [
+      ("tf.data (before)", 16), ("grain, 0 workers, 2 threads", 16),
+      ("tf.data (before)", 24), ("grain, 0 workers, 2 threads", 24)]
+  assert all(r["images_per_s"] > 0 for r in report["rows"])
+  lines = report["markdown"].splitlines()
+  assert lines[0] == "| pipeline | 16 px images/s | 24 px images/s |" and len(lines) == 4

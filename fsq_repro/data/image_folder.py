@@ -38,7 +38,7 @@ class Folder:
   """A scanned image folder: (path relative to root, label) per image, per split."""
   root: str
   class_names: tuple[str, ...]
-  files: dict  # split -> tuple of (relative path, label)
+  files: dict = dataclasses.field(repr=False)  # split -> tuple of (relative path, label)
   fingerprint: str
 
 
