@@ -246,7 +246,8 @@ def test_two_processes_train_like_one(trained):
 @pytest.mark.slow
 def test_stage1_resumed_on_another_number_of_processes_continues_the_same_run(tmp_path):
   """10 steps on two processes, then 10 more on one, end where 20 steps on one process end;
-  10 on one, then 10 on two, too. Logged losses agree at every step (relative 1e-4)."""
+  10 on one, then 10 on two, too; and 20 steps on one process with 8 devices. Logged losses
+  agree at every step (relative 1e-4)."""
   config_path = tmp_path / "tiny_multihost.py"
   config_path.write_text(CONFIG)
   steps = ["--config.stage1.log_every_steps=1", "--config.stage1.checkpoint_every_steps=10"]
@@ -257,9 +258,11 @@ def test_stage1_resumed_on_another_number_of_processes_continues_the_same_run(tm
   run_one_process("stage1", config_path, two_then_one, *steps, second, devices=1)
   run_one_process("stage1", config_path, one_then_two, *steps, first, devices=1)
   run_two_processes("stage1", config_path, one_then_two, *steps, second)
+  eight_devices = tmp_path / "eight_devices"
+  run_one_process("stage1", config_path, eight_devices, *steps, second, devices=8)
   expected = read_metrics(straight, "stage1")
   assert [m["step"] for m in expected] == list(range(1, 21))
-  for resumed in (two_then_one, one_then_two):
+  for resumed in (two_then_one, one_then_two, eight_devices):
     got = read_metrics(resumed, "stage1")
     assert [m["step"] for m in got] == list(range(1, 21)), resumed
     for a, b in zip(got, expected):
