@@ -41,9 +41,10 @@ test-slow: install
 	$(PY) -m pytest -q -m slow -n 2 --dist loadfile --durations=10
 
 # The whole pipeline on the embedded dataset: FSQ and VQ at 2^6..2^12, Stage I, Stage II,
-# evaluation, then the table and figures in demo_out/. Rerunning reuses finished runs.
+# evaluation, then the table and figures in demo_out/. Two runs side by side, one core each
+# (their logs in demo_out/logs/). Rerunning reuses finished runs.
 demo: install
-	$(PY) scripts/sweep.py --config=configs/demo.py --root=demo_out --run
+	$(PY) scripts/sweep.py --config=configs/demo.py --root=demo_out --run --jobs=2
 	$(PY) scripts/plot_figures.py --sweep=demo_out --out=demo_out
 
 # Codebook usage, PSNR and reconstruction FID against Stage I steps (to 4000), FSQ against VQ

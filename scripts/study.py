@@ -2,8 +2,8 @@
 
   python scripts/study.py --sweep=demo_out --out=demo_out/study [--steps=4000 --every=250]
 
-The demo's headline question is a training-length one: at 350 Stage I steps FSQ uses fewer of
-its codes than VQ at 2^8-2^10, and FSQ's count is still rising when the demo stops. For each
+The demo's headline question is a training-length one: FSQ's codebook usage is still rising
+when the demo's Stage I stops, VQ's is flat. For each
 of the sweep's runs at --bits (default 2^10 and 2^12, both quantizers) this continues the
 Stage I that `make demo` trained, with the demo's recipe unchanged (the same for FSQ and VQ)
 and a checkpoint every --every steps, to --steps; then it evaluates every checkpoint on the

@@ -274,13 +274,13 @@ def run_command(argv: list[str]) -> int:
 
 
 def pinned_runner(core: int, log_dir: str) -> Callable[[list[str]], int]:
-  """Runs stages on CPU core `core` alone (taskset) with one XLA and TF thread, output into
-  <log_dir>/<run>-<mode>.log: two such runners keep two cores busy with two runs, overlapping
-  what one run cannot spread over cores (start-up, compilation, Python)."""
-  xla_flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_multi_thread_eigen=false " \
-              "intra_op_parallelism_threads=1"
+  """Runs stages on CPU core `core` alone (taskset) with one XLA, TF and BLAS thread, output
+  into <log_dir>/<run>-<mode>.log: two such runners keep two cores busy with two runs,
+  overlapping what one run cannot spread over cores (start-up, compilation, Python)."""
+  # On one core (taskset) XLA:CPU's thread pool has one thread; Eigen's must be told.
+  xla_flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_multi_thread_eigen=false"
   env = dict(os.environ, XLA_FLAGS=xla_flags.strip(), TF_NUM_INTRAOP_THREADS="1",
-             TF_NUM_INTEROP_THREADS="1")
+             TF_NUM_INTEROP_THREADS="1", OPENBLAS_NUM_THREADS="1")
 
   def run(argv: list[str]) -> int:
     flags = dict(a.split("=", 1) for a in argv if a.startswith("--") and "=" in a)

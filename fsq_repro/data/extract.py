@@ -3,8 +3,9 @@
 Each process encodes its rows of every global batch (train-time crops and flips, the
 batches Stage I would see at those steps) and writes them as token shards of
 `SHARD_BATCHES` batches (data/tokens.py), with each row's position in the pass, so the
-tokens load in one order whatever the number of processes that wrote them. An interrupted extraction resumes at the first
-missing shard; the "complete" marker is written once every process has written all of its.
+tokens load in one order whatever the number of processes that wrote them. An interrupted
+extraction resumes at the first missing shard; the "complete" marker is written once every
+process has written all of its, and no process reads the tokens before it is.
 """
 
 import os
