@@ -255,6 +255,11 @@ def validate(config, *, num_devices: int, stage: str) -> None:
     if config[section][name] not in registry:
       raise ValueError(f"{field}={config[section][name]!r} is unknown; use one of "
                        f"{sorted(registry)}")
+  for name in ("num_threads", "num_workers"):
+    value = config.dataset[name]
+    if not isinstance(value, int) or value < 0:
+      raise ValueError(f"dataset.{name}={value!r} must be a non-negative int (Grain's "
+                       "threads / worker processes building batches; 0 for none)")
   size, factor = config.dataset.image_size, 2**(len(config.model.channel_multipliers) - 1)
   if size % factor:
     raise ValueError(f"dataset.image_size={size} must be divisible by the downsampling factor "

@@ -118,6 +118,8 @@ def with_dataset(name, data_dir=None):
     (lambda tmp: demo_config(model__name="unet"), "model.name='unet' is unknown"),
     (lambda tmp: demo_config(model__kernel_gradient="fast"),
      "model.kernel_gradient='fast' is unknown; use one of ['auto', 'xla']"),
+    (lambda tmp: demo_config(dataset__num_workers=-1),
+     "dataset.num_workers=-1 must be a non-negative int"),
     (lambda tmp: demo_config(stage2__attention="flash"),
      "stage2.attention='flash' is unknown; use one of ['dot_product_attention', 'flax']"),
     (lambda tmp: demo_config(stage1__perceptual_loss="lpips",
@@ -130,7 +132,7 @@ def with_dataset(name, data_dir=None):
      "download ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from https://image-net.org"),
     (lambda tmp: with_dataset(f"image_folder:{tmp / 'nowhere'}"), "is not a directory"),
 ], ids=["level_below_2", "codebook_too_large", "fsq_codebook_size", "unknown_model",
-        "unknown_kernel_gradient", "unknown_attention", "missing_perceptual_weights", "no_perceptual_weights",
+        "unknown_kernel_gradient", "negative_workers", "unknown_attention", "missing_perceptual_weights", "no_perceptual_weights",
         "unknown_dataset",
         "manual_download", "missing_image_folder"])
 def test_bad_stage1_config_fails_in_one_line(run_main, jobs, tmp_path, make_config, message):
