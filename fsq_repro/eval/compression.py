@@ -161,7 +161,7 @@ def _range_encode(tokens, step_probs, groups, steps, model_family):
   for step in range(steps):
     positions = np.flatnonzero(groups == step)
     if positions.size:
-      probs = np.ascontiguousarray(step_probs(tokens, step)[:, positions])
+      probs = np.ascontiguousarray(step_probs(tokens, step, positions))
       for b, encoder in enumerate(encoders):
         symbols = tokens[b, positions]
         encoder.encode(symbols, model_family, probs[b])
@@ -178,21 +178,22 @@ def _range_decode(compressed, shape, step_probs, groups, steps, model_family,
   for step in range(steps):
     positions = np.flatnonzero(groups == step)
     if positions.size:
-      probs = np.ascontiguousarray(step_probs(decoded, step)[:, positions])
+      probs = np.ascontiguousarray(step_probs(decoded, step, positions))
       for b, decoder in enumerate(decoders):
         decoded[b, positions] = decoder.decode(model_family, probs[b])
   return decoded
 
 
-def _step_probabilities(logits_fn, known_tokens, step, *, labels, groups,
-                        mask_id, codebook_size):
-  """float64 softmax [B, N, C] given the tokens of groups < step."""
+def _step_probabilities(logits_fn, known_tokens, step, positions, *, labels,
+                        groups, mask_id, codebook_size):
+  """float64 softmax [B, len(positions), C] at `positions`, given the tokens of
+  groups < step (the softmax of only the positions coded at this step)."""
   inputs = np.where(groups[None, :] < step, known_tokens, mask_id)
-  logits = np.asarray(logits_fn(jnp.asarray(inputs, jnp.int32),
-                                jnp.asarray(labels)), np.float64)
+  logits = logits_fn(jnp.asarray(inputs, jnp.int32), jnp.asarray(labels))
   if logits.shape != inputs.shape + (codebook_size,):
     raise ValueError(f"logits_fn must return [B, N, {codebook_size}] logits, "
                      f"got {logits.shape}")
+  logits = np.asarray(logits, np.float64)[:, positions]
   logits -= logits.max(axis=-1, keepdims=True)
   probs = np.exp(logits)
   return probs / probs.sum(axis=-1, keepdims=True)
