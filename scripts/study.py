@@ -1,6 +1,6 @@
 """`make study`: codebook usage, PSNR and reconstruction FID against Stage I steps, FSQ vs VQ.
 
-  python scripts/study.py --sweep=demo_out --out=demo_out/study [--steps=4000 --every=250]
+  python scripts/study.py --sweep=demo_out --out=demo_out/study [--steps=4000 --every=200]
 
 The demo's headline question is a training-length one: FSQ's codebook usage is still rising
 when the demo's Stage I stops, VQ's is flat. For each
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--out", default="demo_out/study")
   parser.add_argument("--bits", default="10,12", help="codebook sizes 2^b to study")
   parser.add_argument("--steps", type=int, default=4000, help="train Stage I on to this step")
-  parser.add_argument("--every", type=int, default=250, help="steps between checkpoints")
+  parser.add_argument("--every", type=int, default=200, help="steps between checkpoints")
   parser.add_argument("--jobs", type=int, default=2, help="trainings side by side (cores)")
   args = parser.parse_args(argv)
   try:
@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   out = os.path.abspath(args.out)
-  plan = training_steps(runs, args.sweep, out, steps=args.steps, every=args.every)
+  plan = training_steps(sweep.longest_first(runs, None) if args.jobs > 1 else runs,
+                        args.sweep, out, steps=args.steps, every=args.every)
   try:
     if args.jobs > 1:
       runners = [sweep.pinned_runner(core, os.path.join(out, "logs")) for core in

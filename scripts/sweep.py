@@ -37,6 +37,7 @@ from typing import Callable, NamedTuple
 
 from fsq_repro import config_lib, files, timing
 from fsq_repro.checkpoints import PREEMPTED_EXIT_CODE
+from fsq_repro.models import factory
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGES = ("stage1", "stage2", "eval")
@@ -87,6 +88,17 @@ def select_runs(runs: list[dict], only: str | None) -> list[dict]:
       raise ValueError(f"--only={pattern!r} matches no run; valid names: {', '.join(names)}")
     chosen.update(matches)
   return [run for run in runs if run["name"] in chosen]
+
+
+def longest_first(runs: list[dict], config_file: str) -> list[dict]:
+  """The runs, largest codebook first (stable): every stage's cost grows with |C| (VQ's
+  distances and entropy loss, Stage II's output layer, the compression cost's softmax), so
+  side-by-side workers start the longest runs and end on short ones, not on one long run
+  alone (the demo's vq_2p12 ran its last 9 minutes alone in sweep.json order). A run's
+  config is its own "config" (sweep.json entries name one), else `config_file`."""
+  size = {run["name"]: factory.codebook_size(config_lib.config_module(
+      run.get("config", config_file)).get_config(run["arg"]).quantizer) for run in runs}
+  return sorted(runs, key=lambda run: -size[run["name"]])
 
 
 def repo_relative(path: str) -> str:
@@ -405,9 +417,9 @@ def parse_args(argv: list[str]):
   parser.add_argument("--gpus_per_node", type=int, default=8, help="with --slurm")
   parser.add_argument("--time", default="7-00:00:00", help="job time limit (with --slurm)")
   parser.add_argument("--jobs", type=int, default=1,
-                      help="with --run: runs side by side, each pinned to one CPU core with one "
-                      "XLA thread, its output in <root>/logs/ (default 1: one run at a time, "
-                      "on every core)")
+                      help="with --run: runs side by side, largest codebook first, each pinned "
+                      "to one CPU core with one XLA thread, its output in <root>/logs/ "
+                      "(default 1: one run at a time, in get_sweep() order, on every core)")
   parser.add_argument("--max_preemptions", type=int, default=10,
                       help="reruns of a stage that exits with status 75 (with --run)")
   args = parser.parse_args(argv)
@@ -466,6 +478,8 @@ def main(argv: list[str] | None = None) -> int:
     for step in sweep_steps(runs, config_file, root, overrides):
       print(shlex.join(step.argv))
     return 0
+  if args.jobs > 1:
+    runs = longest_first(runs, config_file)
   steps = sweep_steps(runs, config_file, root, overrides, python=sys.executable)
   try:
     if args.jobs > 1:

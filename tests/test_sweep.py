@@ -345,6 +345,18 @@ def test_side_by_side_runs_every_run_once_with_its_stages_in_order(tmp_path):
   assert messages[-1].startswith("sweep done: 8 runs") and messages[-1].endswith("on 2 workers")
 
 
+def test_side_by_side_order_starts_with_the_largest_codebooks():
+  runs = sweep.load_sweep(os.path.join(REPO, "configs/demo.py"))
+  ordered = sweep.longest_first(runs, os.path.join(REPO, "configs/demo.py"))
+  # FSQ 2^12 has 4375 codes, VQ 4096; equal sizes keep get_sweep()'s order.
+  assert [run["name"] for run in ordered] == ["fsq_2p12", "vq_2p12", "vq_2p10", "fsq_2p10",
+                                               "vq_2p8", "fsq_2p8", "fsq_2p6", "vq_2p6"]
+  # A run that names its config (as sweep.json entries do) is sized from it.
+  named = [{**run, "config": os.path.join(REPO, "configs/demo.py")} for run in runs]
+  assert [run["name"] for run in sweep.longest_first(named, None)] == [
+      run["name"] for run in ordered]
+
+
 def test_side_by_side_starts_no_run_after_a_failure(tmp_path):
   runners = [SlowRunner({("fsq_2p6", "stage1"): [1]}), SlowRunner({})]
   with pytest.raises(sweep.SweepError, match="run fsq_2p6, stage stage1 failed"):
