@@ -31,13 +31,13 @@ def get_config(arg: str | None = None):
   s.perceptual_loss = "none"
   # As many steps as `make demo` (8 runs, two side by side, with Stage II and eval) fits in
   # 30 minutes on 2 cores (README); the same for both quantizers and every codebook size.
-  s.num_train_steps = 600
+  s.num_train_steps = 1000
   s.batch_size = 32
   s.learning_rate = 3e-4
   s.log_every_steps = 50
-  s.image_every_steps = 300
+  s.image_every_steps = 500
   s.checkpoint_every_steps = 200
-  s.keep_checkpoints = 3  # all of them: `make study` scores each (a few MB apiece)
+  s.keep_checkpoints = 5  # all of them: `make study` scores each (a few MB apiece)
 
   s = c.stage2
   s.tokens = "precomputed"  # one pass of the 4,096 crops, reused for every step: cheaper here
