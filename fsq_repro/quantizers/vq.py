@@ -129,3 +129,92 @@ def split_unused_codes(codebook: jax.Array, counts: jax.Array, rng: jax.Array,
   any_used = jnp.any(used)
   replace = jnp.logical_and(~used, any_used)[:, None]
   return jnp.where(replace, donor_codes + noise, codebook)
+
+
+def split_most_used_code(sums: jax.Array, counts: jax.Array, rng: jax.Array):
+  """One step of UViM's splitting: the least-used code becomes a copy of the most-used one
+  times uniform noise in [0.999, 1.001]; the two share the donor's count and sum equally.
+  `sums` (K, d) and `counts` (K,) are the EMA statistics the codewords are computed from."""
+  most, least = jnp.argmax(counts), jnp.argmin(counts)
+  noise = jax.random.uniform(rng, sums.shape[1:], sums.dtype, 1.0 - 1e-3, 1.0 + 1e-3)
+  sums = sums.at[least].set(sums[most] * noise / 2.0).at[most].set(sums[most] / 2.0)
+  counts = counts.at[least].set(counts[most] / 2.0).at[most].set(counts[most] / 2.0)
+  return sums, counts
+
+
+def split_rare_codes(sums: jax.Array, counts: jax.Array, rng: jax.Array, min_count: float):
+  """`split_most_used_code` until no EMA count is below `min_count` (UViM: 0.1, a code
+  unused for ~460 steps at momentum 0.995), each split with its own key."""
+  def rare(state):
+    return jnp.any(state[1] < min_count)
+
+  def split(state):
+    sums, counts, rng = state
+    rng, key = jax.random.split(rng)
+    return (*split_most_used_code(sums, counts, key), rng)
+
+  sums, counts, _ = jax.lax.while_loop(rare, split, (sums, counts, rng))
+  return sums, counts
+
+
+class EmaVectorQuantizer(nn.Module):
+  """UViM's VQ behind the common quantizer interface.
+
+  Codewords are unit vectors, sums / counts normalised, of exponential moving averages (in
+  the mutable collection "vq_state") of the latents assigned to each code and of their
+  number, over the global batch. Nearest neighbour in squared L2 to unit codewords is the
+  cosine nearest neighbour. No codebook or commitment loss (UViM's commitment weight is 0;
+  the term is logged). With `splitting`, codes whose EMA count falls below `min_count` are
+  replaced by splitting the most used one after every update (random key from the "vq_split"
+  stream).
+  """
+  codebook_size: int = 4096
+  codebook_dim: int = 768
+  momentum: float = 0.995
+  min_count: float = 0.1
+  splitting: bool = True
+
+  @property
+  def latent_dim(self) -> int:
+    return self.codebook_dim
+
+  def setup(self):
+    if self.codebook_size < 2:
+      raise ValueError(f"codebook_size={self.codebook_size} must be at least 2")
+    init = nn.initializers.normal(stddev=1.0 / self.codebook_size**0.5)
+    self.sums = self.variable("vq_state", "sums", lambda: init(
+        self.make_rng("params"), (self.codebook_size, self.codebook_dim), jnp.float32))
+    self.counts = self.variable("vq_state", "counts", jnp.ones, (self.codebook_size,),
+                                jnp.float32)
+
+  def codewords(self) -> jax.Array:
+    e = self.sums.value / self.counts.value[:, None]
+    return e / jnp.linalg.norm(e, axis=-1, keepdims=True)
+
+  def __call__(self, z: jax.Array, *, train: bool = False):
+    if z.shape[-1] != self.codebook_dim:
+      raise ValueError(f"VQ with codebook_dim={self.codebook_dim} got z of shape {z.shape}")
+    z32 = z.astype(jnp.float32)
+    flat = z32.reshape(-1, self.codebook_dim)
+    codewords = self.codewords()
+    flat_indices = jnp.argmin(squared_distances(flat, codewords), axis=-1).astype(jnp.int32)
+    quantized = jnp.take(codewords, flat_indices, axis=0).reshape(z32.shape)
+    counts = jnp.zeros([self.codebook_size], jnp.float32).at[flat_indices].add(1.0)
+    stats = batch_code_stats(flat_indices)
+    stats.update(commitment_loss=jnp.mean((jax.lax.stop_gradient(quantized) - z32)**2),
+                 codebook_max_ratio=jnp.max(counts) / flat.shape[0],
+                 codebook_zeros_ratio=jnp.mean((counts == 0).astype(jnp.float32)))
+    if train and self.is_mutable_collection("vq_state"):
+      sums = self.sums.value * self.momentum + jnp.zeros_like(self.sums.value).at[
+          flat_indices].add(jax.lax.stop_gradient(flat))
+      ema_counts = self.counts.value * self.momentum + counts
+      if self.splitting:
+        sums, ema_counts = split_rare_codes(sums, ema_counts, self.make_rng("vq_split"),
+                                            self.min_count)
+      self.sums.value, self.counts.value = sums, ema_counts
+    zq = z32 + jax.lax.stop_gradient(quantized - z32)  # straight-through
+    indices = flat_indices.reshape(z.shape[:-1])
+    return zq.astype(z.dtype), QuantizerOutput(indices, jnp.zeros((), jnp.float32), stats)
+
+  def decode_indices(self, indices: jax.Array) -> jax.Array:
+    return jnp.take(self.codewords(), jnp.asarray(indices, jnp.int32), axis=0)
