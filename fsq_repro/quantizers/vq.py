@@ -45,8 +45,8 @@ def grouped_entropy_loss(distances: jax.Array, temperature: float, group_size: i
   if examples % group_size:
     raise ValueError(f"quantizer.entropy_group_size={group_size} does not divide the batch of "
                      f"{examples} examples")
-  if group_size == examples:  # one group: 2D reductions, which XLA:CPU runs ~1.6x faster than
-    # the vmapped 3D ones (0.10 s less per demo step at 2^12 codes, one core)
+  if group_size == examples:  # one group: 2D reductions; XLA:CPU ran the vmapped 3D ones and
+    # their gradients far slower (demo Stage I step at 2^12 codes, one core: 0.59 -> 0.32 s)
     return entropy_loss(distances.reshape(-1, distances.shape[-1]), temperature)
   groups = distances.reshape(examples // group_size, -1, distances.shape[-1])
   return jnp.mean(jax.vmap(lambda d: entropy_loss(d, temperature))(groups))
