@@ -12,7 +12,7 @@ endif
 JAX_VERSION := $(shell sed -n 's/^jax==//p' requirements.txt)
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: install test test-slow demo study bench clean-venv
+.PHONY: install test test-slow demo demo-uvim study bench clean-venv
 
 install: $(STAMP) $(VENV)/.installed-$(ACCEL)
 
@@ -46,6 +46,12 @@ test-slow: install
 demo: install
 	$(PY) scripts/sweep.py --config=configs/demo.py --root=demo_out --run --jobs=2
 	$(PY) scripts/plot_figures.py --sweep=demo_out --out=demo_out
+
+# UViM colorization of the embedded crops: FSQ, VQ, VQ without splitting, FSQ without context,
+# each Stage I, Stage II and evaluation, two side by side; demo_out/uvim/{table2.md,figure6.png}.
+demo-uvim: install
+	$(PY) scripts/sweep.py --config=configs/uvim_demo.py --root=demo_out/uvim --run --jobs=2
+	$(PY) scripts/uvim_table.py --sweep=demo_out/uvim --out=demo_out/uvim
 
 # Codebook usage, PSNR and reconstruction FID against Stage I steps (to 4000), FSQ against VQ
 # at 2^10 and 2^12, training on what `make demo` trained: demo_out/study/.

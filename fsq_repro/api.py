@@ -154,3 +154,82 @@ class Generator:
       return self._sample_conditional(self.params, self.tokenizer.variables, labels, rng)
     return self._sample(self.params, self.tokenizer.variables, labels, rng,
                         jnp.asarray(cfg, jnp.float32))
+
+
+# What UViM's Stage I and Stage II checkpoints hold (train/uvim_stage{1,2}'s states' fields).
+UVIM_PARAMS, UVIM_VQ_STATE = "params", "vq_state"
+
+
+class LabelCoder:
+  """UViM's trained Stage I: a task's labels (with their context image) <-> code indices."""
+
+  def __init__(self, config, task, model, variables):
+    self.config, self.task, self.model, self.variables = config, task, model, variables
+    self.codebook_size = factory.codebook_size(config.quantizer)
+    self._encode = jax.jit(lambda v, labels, context: model.apply(
+        v, labels, context, method="encode")[1].indices)
+    self._decode = jax.jit(lambda v, indices, context: model.apply(
+        v, indices, context, method="decode_indices"))
+
+  @classmethod
+  def from_workdir(cls, workdir: str, config=None, mesh=None, step=None) -> "LabelCoder":
+    """The label autoencoder of `workdir`/stage1 (newest checkpoint, or `step`)."""
+    from fsq_repro import tasks  # pylint: disable=g-import-not-at-top
+    directory = workdir_lib.stage_dir(workdir, "stage1")
+    config = config if config is not None else workdir_lib.saved_config(directory)
+    task = tasks.get(config.task.name)
+    model = factory.build_label_autoencoder(config, task.labels)
+    size = config.dataset.image_size
+    example = task.prepare({"image": jnp.zeros((1, size, size, 3), jnp.float32)})
+    variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
+                               example["labels"], example["context"])
+    abstract = {UVIM_PARAMS: variables["params"],
+                UVIM_VQ_STATE: {k: v for k, v in variables.items() if k != "params"}}
+    restored = checkpoints.restore_latest(workdir_lib.checkpoint_dir(workdir, "stage1"),
+                                          _replicated(abstract, mesh or parallel.make_mesh()),
+                                          step=step)
+    return cls(config, task, model, {"params": restored[UVIM_PARAMS],
+                                     **restored.get(UVIM_VQ_STATE, {})})
+
+  def encode(self, labels: dict, context) -> jax.Array:
+    """labels {key: [B, H, W, C]} and context [B, H, W, 3] -> int32 codes [B, code_len]."""
+    return self._encode(self.variables, labels, context)
+
+  def decode(self, indices, context) -> dict:
+    """int32 codes [B, code_len] and context -> decoded labels {key: [B, H, W, C]}."""
+    return self._decode(self.variables, indices, context)
+
+
+class TaskPredictor:
+  """UViM's trained Stage II with its frozen Stage I: image -> sampled codes -> prediction."""
+
+  def __init__(self, config, coder: LabelCoder, model, params):
+    from fsq_repro import uvim_sampling  # pylint: disable=g-import-not-at-top
+    self.config, self.coder, self.model, self.params = config, coder, model, params
+    self._sample = jax.jit(functools.partial(uvim_sampling.sample_codes, model),
+                           static_argnames="temperature")
+
+  @classmethod
+  def from_workdir(cls, workdir: str, config=None, mesh=None) -> "TaskPredictor":
+    """The task model of `workdir`/stage2 and the Stage I it was trained on."""
+    directory = workdir_lib.stage_dir(workdir, "stage2")
+    config = config if config is not None else workdir_lib.saved_config(directory)
+    mesh = mesh or parallel.make_mesh()
+    coder = LabelCoder.from_workdir(workdir_lib.stage1_workdir(config, workdir), config, mesh)
+    model = factory.build_task_model(config)
+    size = config.dataset.image_size
+    abstract = jax.eval_shape(model.init, jax.random.key(0),
+                              jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32),
+                              jax.ShapeDtypeStruct((1, model.seq_len), jnp.int32))["params"]
+    restored = checkpoints.restore_latest(workdir_lib.checkpoint_dir(workdir, "stage2"),
+                                          {UVIM_PARAMS: _replicated(abstract, mesh)})
+    return cls(config, coder, model, restored[UVIM_PARAMS])
+
+  def sample_codes(self, image, rng, temperature: float) -> jax.Array:
+    """The task model's input images [B, H, W, 3] -> int32 codes [B, code_len]."""
+    return self._sample(self.params, image, rng, temperature=temperature)
+
+  def predict(self, example: dict, rng, temperature: float) -> dict:
+    """A prepared example (task.prepare) -> the task's prediction from sampled codes."""
+    codes = self.sample_codes(example["image"], rng, temperature)
+    return self.coder.task.predict(self.coder.decode(codes, example["context"]))

@@ -4,7 +4,8 @@
       --workdir=/tmp/w [--config.stage1.num_train_steps=200 ...]
 
 Modes: stage1 (tokenizer), stage2 (transformer; extracts tokens first), sample (image grids
-and an ADM .npz), eval (results.json). A finished stage is skipped on rerun; an interrupted
+and an ADM .npz), eval (results.json). UViM's configs (configs/uvim_*.py, config.family
+"uvim") have stage1 (label autoencoder), stage2 (task model) and eval. A finished stage is skipped on rerun; an interrupted
 one resumes. Bad input ends with one "error: ..." line before anything is compiled.
 """
 
@@ -17,11 +18,12 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from fsq_repro import checkpoints, config_lib, parallel, timing
+from fsq_repro import checkpoints, config_lib, parallel, timing, uvim_config
 from fsq_repro import workdir as workdir_lib
 from fsq_repro.data import pipeline
 
 MODES = ("stage1", "stage2", "sample", "eval")
+UVIM_MODES = ("stage1", "stage2", "eval")
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/demo.py:quantizer=fsq",
@@ -36,19 +38,40 @@ flags.DEFINE_bool("allow_config_change", False,
 flags.mark_flags_as_required(["config", "mode", "workdir"])
 
 
+def family(config) -> str:
+  """"maskgit" (configs/demo.py, tradeoff_128.py, ...) or "uvim" (configs/uvim_*.py)."""
+  return config.get("family", "maskgit")
+
+
 def preflight(config, mode: str, workdir: str) -> None:
   """Every check that needs no compilation: config fields, dataset, earlier stages, and that
   this workdir's runs were made with this config."""
-  config_lib.validate(config, num_devices=jax.device_count(), stage=mode)
-  pipeline.num_examples(config.dataset.name, config.dataset.train_split,
-                        data_dir=config.dataset.data_dir)
+  d = config.dataset
+  if family(config) == "uvim":
+    if mode not in UVIM_MODES:
+      raise ValueError(f"--mode={mode} is not one of UViM's; use one of {UVIM_MODES}")
+    uvim_config.validate(config, num_devices=jax.device_count(), stage=mode)
+    pipeline.label_ids(d.name, tuple(d.exclude_classes), data_dir=d.data_dir)
+  else:
+    config_lib.validate(config, num_devices=jax.device_count(), stage=mode)
+  pipeline.num_examples(d.name, d.train_split, data_dir=d.data_dir)
   workdir_lib.check_compatible(config, mode, workdir,
                                allow_config_change=FLAGS.allow_config_change)
 
 
 def run_job(config, mode: str, workdir: str) -> None:
   """Dispatches to the job of `mode`; the only place that imports a trainer."""
-  if mode == "stage1":
+  if family(config) == "uvim":
+    if mode == "stage1":
+      from fsq_repro.train import uvim_stage1
+      uvim_stage1.train_and_evaluate(config, workdir)
+    elif mode == "stage2":
+      from fsq_repro.train import uvim_stage2
+      uvim_stage2.train_and_evaluate(config, workdir)
+    else:
+      from fsq_repro.eval import uvim_evaluate
+      uvim_evaluate.evaluate(config, workdir)
+  elif mode == "stage1":
     from fsq_repro.train import stage1
     stage1.train_and_evaluate(config, workdir)
   elif mode == "stage2":

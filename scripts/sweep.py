@@ -57,6 +57,7 @@ class Step(NamedTuple):
   run: str  # the run's name
   stage: str
   argv: list[str]
+  group: str = ""  # runs of one group run in order on one worker (they share a Stage I)
 
 
 def load_sweep(config_file: str) -> list[dict]:
@@ -73,6 +74,10 @@ def load_sweep(config_file: str) -> list[dict]:
     if not name or "/" in name or name != name.strip() or names.count(name) > 1:
       raise ValueError(f"get_sweep() of {config_file} has a bad or repeated run name {name!r}; "
                        "names must be unique and usable as directory names")
+  for i, run in enumerate(runs):
+    if "stage1_from" in run and run["stage1_from"] not in names[:i]:
+      raise ValueError(f"get_sweep() of {config_file}: run {run['name']!r} has stage1_from="
+                       f"{run['stage1_from']!r}, which must name an earlier run")
   return runs
 
 
@@ -109,14 +114,19 @@ def repo_relative(path: str) -> str:
 
 
 def sweep_steps(runs, config_file: str, root: str, overrides, python: str = "python") -> list[Step]:
-  """One Step per (run, stage), in order: every stage of a run before the next run."""
+  """One Step per (run, stage), in order: every stage of a run before the next run. A run
+  with "stage1_from" (another run's name: UViM's Stage II seeds) trains no Stage I of its own
+  but reads that run's (--config.stage1_workdir), and runs after it, in its group."""
   steps = []
   for run in runs:
     workdir = os.path.join(root, run["name"])
-    for stage in STAGES:
+    source = run.get("stage1_from")
+    shared = [f"--config.stage1_workdir={os.path.join(root, source)}"] if source else []
+    for stage in STAGES[1:] if source else STAGES:
       argv = [python, "-m", "fsq_repro.main", f"--mode={stage}",
-              f"--config={config_file}:{run['arg']}", f"--workdir={workdir}", *overrides]
-      steps.append(Step(run["name"], stage, argv))
+              f"--config={config_file}:{run['arg']}", f"--workdir={workdir}", *shared,
+              *overrides]
+      steps.append(Step(run["name"], stage, argv, source or run["name"]))
   return steps
 
 
@@ -348,8 +358,10 @@ def run_side_by_side(steps: list[Step], runners: list[Callable[[list[str]], int]
   worker (worker i runs its stages with runners[i]); raises the first SweepError once every
   worker has stopped, and starts no run after a failure."""
   runs = collections.deque(
-      [step for step in steps if step.run == name] for name in dict.fromkeys(s.run for s in steps))
+      [step for step in steps if (step.group or step.run) == name]
+      for name in dict.fromkeys(s.group or s.run for s in steps))
   total, start, lock, errors = len(runs), clock(), threading.Lock(), []
+  durations, left = {}, [step.stage for step in steps]  # finished stages' seconds, unstarted
 
   def locked_log(message: str) -> None:
     with lock:
@@ -364,7 +376,11 @@ def run_side_by_side(steps: list[Step], runners: list[Callable[[list[str]], int]
         number = total - len(runs)
       for step in run_steps_:
         where = f"run {number}/{total} {step.run}, {step.stage}, worker {index}"
-        locked_log(f"[{where}] starting; elapsed {format_seconds(clock() - start)}")
+        with lock:
+          left.remove(step.stage)
+          eta = estimate_remaining(durations, left + [step.stage])
+          log(f"[{where}] starting; elapsed {format_seconds(clock() - start)}, ETA "
+              f"{'unknown' if eta is None else format_seconds(eta / len(runners))}")
         stage_start = clock()
         try:
           run_stage(step, runners[index], max_preemptions=max_preemptions, log=locked_log,
@@ -373,6 +389,8 @@ def run_side_by_side(steps: list[Step], runners: list[Callable[[list[str]], int]
           with lock:
             errors.append(e)
           return
+        with lock:
+          durations.setdefault(step.stage, []).append(clock() - stage_start)
         locked_log(f"[{where}] done in {format_seconds(clock() - stage_start)}")
 
   threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(runners))]

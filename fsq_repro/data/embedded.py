@@ -32,6 +32,10 @@ SEED = 20240117
 MIN_CROP_STD = 12.0
 
 
+# The photos that are gray (all three channels equal): colorization leaves them out.
+GRAY_PHOTOS = ("camera",)
+
+
 @functools.lru_cache(maxsize=None)
 def load_photo(name: str) -> np.ndarray:
   """Photo `name` as uint8 RGB [H, W, 3] with short side PHOTO_SHORT_SIDE."""

@@ -44,6 +44,7 @@ import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
 from fsq_repro import files, parallel  # pylint: disable=g-import-not-at-top
 from fsq_repro.data import adm_crop  # pylint: disable=g-import-not-at-top
+from fsq_repro.data import coltran_crop  # pylint: disable=g-import-not-at-top
 from fsq_repro.data import embedded  # pylint: disable=g-import-not-at-top
 from fsq_repro.data import image_folder  # pylint: disable=g-import-not-at-top
 from fsq_repro.data import images  # pylint: disable=g-import-not-at-top
@@ -51,7 +52,7 @@ from fsq_repro.data import images  # pylint: disable=g-import-not-at-top
 EMBEDDED_DATASET = embedded.FsqPhotoCrops.name  # "fsq_photo_crops"
 FILE_FORMAT = "array_record"  # random access, what tfds.data_source reads
 _IMAGENET_TARS = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
-CROPS = ("center", "adm")
+CROPS = ("center", "adm", "coltran")
 
 
 def _hide_accelerators_from_tf() -> None:
@@ -158,6 +159,11 @@ def num_examples(dataset_name: str, split: str, *,
   return builder.info.splits[split].num_examples
 
 
+def shard_lengths(dataset_name: str, split: str, *, data_dir: str | None = None) -> list[int]:
+  """Examples per file shard of the whole split `split`, in file order (TFDS read order)."""
+  return list(_prepared_builder(dataset_name, data_dir).info.splits[split].shard_lengths)
+
+
 def num_classes(dataset_name: str, *, data_dir: str | None = None) -> int:
   """Number of label classes of `dataset_name` (needs no prepared data)."""
   return _builder(dataset_name, data_dir).info.features["label"].num_classes
@@ -174,6 +180,37 @@ def records(dataset_name: str, split: str, *, data_dir: str | None = None):
     builder.info.add_alternative_file_format(FILE_FORMAT)  # the copy of _add_array_record
   return builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()},
                                 file_format=FILE_FORMAT)
+
+
+@dataclasses.dataclass(frozen=True)
+class Subset:
+  """Some records of a random-access source, in a given order (UViM's colorization demo
+  leaves out the embedded dataset's gray photos; ColTran's FID-5k reads chosen positions).
+  Picklable, like the source."""
+  source: object
+  indices: np.ndarray  # the records' indices in `source`
+
+  @classmethod
+  def without_labels(cls, source, labels: tuple[int, ...]) -> "Subset":
+    every = source.__getitems__(list(range(len(source))))
+    kept = [i for i, record in enumerate(every) if int(record["label"]) not in labels]
+    return cls(source, np.asarray(kept, np.int64))
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitems__(self, indices):
+    return self.source.__getitems__([int(self.indices[i]) for i in indices])
+
+
+def label_ids(dataset_name: str, names, *, data_dir: str | None = None) -> tuple[int, ...]:
+  """The ClassLabel ids of the class `names`; ValueError names the field and the choices."""
+  label = _builder(dataset_name, data_dir).info.features["label"]
+  unknown = [name for name in names if name not in label.names]
+  if unknown:
+    raise ValueError(f"dataset.exclude_classes={tuple(names)!r}: {unknown} are not classes of "
+                     f"{dataset_name}; use names from {label.names[:10]}")
+  return tuple(label.str2int(name) for name in names)
 
 
 def first_examples(dataset_name: str, split: str, num_examples: int, *,
@@ -245,6 +282,8 @@ class GlobalBatches:
       return images.random_crop(images.decode(encoded), self.image_size, rng)
     if self.crop == "adm":
       return adm_crop.decode_and_crop(encoded, self.image_size).astype(np.float32) / 255.0
+    if self.crop == "coltran":
+      return coltran_crop.decode_and_crop(encoded, self.image_size).astype(np.float32) / 255.0
     return images.center_crop(images.decode(encoded), self.image_size)
 
   def __call__(self, step: int) -> dict[str, np.ndarray]:
@@ -278,6 +317,8 @@ def create_split(
     crop: str = "center",
     num_threads: int = 2,
     num_workers: int = 0,
+    exclude_classes: tuple[str, ...] = (),
+    record_indices=None,
 ) -> Iterator[dict[str, np.ndarray]]:
   """This process's rows of the global batches of `split`: {'image', 'label', 'mask'} numpy
   dicts, the global batch being `batch_size` x `process_count` rows.
@@ -298,10 +339,14 @@ def create_split(
       False: an epoch covers every example once, the last global batch padded with zero
       images whose `mask` is False. Default: `train`.
     num_epochs: epochs counted from step 0 (None: forever when training, 1 otherwise).
-    crop: without `train`, "center" (crop, then bicubic) or "adm" (ADM's reference-batch
-      preprocessing, data/adm_crop.py).
+    crop: without `train`, "center" (crop, then bicubic), "adm" (ADM's reference-batch
+      preprocessing, data/adm_crop.py) or "coltran" (ColTran's: the centre square, area
+      resize; data/coltran_crop.py).
     num_threads: Grain threads building batches ahead of use (0: on demand).
     num_workers: Grain worker processes building them instead (0: none).
+    exclude_classes: class names whose examples the split leaves out (read once, in order).
+    record_indices: read only these positions of `split`, in this order (the batches'
+      'index' counts positions in this list).
 
   Returns:
     An iterator of dicts: 'image' float32 [B, image_size, image_size, 3] in [0, 1], 'label'
@@ -329,6 +374,11 @@ def create_split(
     num_epochs = 1
 
   source = records(dataset_name, split, data_dir=data_dir)
+  if exclude_classes:
+    source = Subset.without_labels(source, label_ids(dataset_name, exclude_classes,
+                                                     data_dir=data_dir))
+  if record_indices is not None:
+    source = Subset(source, np.asarray(record_indices, np.int64))
   global_batch_size = batch_size * process_count
   num_records = len(source)
   steps_per_epoch = (num_records // global_batch_size if drop_remainder else
@@ -352,12 +402,16 @@ def create_split(
   return iter(dataset)
 
 
-def train_batches(config, global_batch_size: int, start_step: int, keys=("image",)):
+def train_batches(config, global_batch_size: int, start_step: int, keys=("image",),
+                  seed: int | None = None):
   """This process's rows of the augmented global training batches of config.dataset from
-  `start_step`, holding only `keys` (what the Stage I and the online Stage II steps read)."""
+  `start_step`, holding only `keys` (what the Stage I and the online Stage II steps read);
+  shuffled and augmented by `seed` (default config.seed)."""
   d = config.dataset
   for batch in create_split(
       d.name, d.train_split, batch_size=parallel.per_process_batch_size(global_batch_size),
-      image_size=d.image_size, train=True, seed=config.seed, start_step=start_step,
-      data_dir=d.data_dir, num_threads=d.num_threads, num_workers=d.num_workers):
+      image_size=d.image_size, train=True, seed=config.seed if seed is None else seed,
+      start_step=start_step,
+      data_dir=d.data_dir, num_threads=d.num_threads, num_workers=d.num_workers,
+      exclude_classes=tuple(d.get("exclude_classes", ()))):
     yield {key: batch[key] for key in keys}

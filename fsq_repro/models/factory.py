@@ -6,6 +6,8 @@ entry in a registry, not a branch in a trainer.
 
   tokenizer = factory.build_tokenizer(config)               # config.model.name
   transformer = factory.build_transformer(config, layout)   # config.stage2.model
+  autoencoder = factory.build_label_autoencoder(config, task.labels)   # UViM's Stage I
+  task_model = factory.build_task_model(config)             # UViM's Stage II
 """
 
 import math
@@ -15,9 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from fsq_repro.models import discriminator as discriminator_lib
+from fsq_repro.models import uvim, uvim_task
 from fsq_repro.models import transformer as transformer_lib
 from fsq_repro.models import vqgan
-from fsq_repro.quantizers import FiniteScalarQuantizer, VectorQuantizer
+from fsq_repro.quantizers import EmaVectorQuantizer, FiniteScalarQuantizer, VectorQuantizer
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -35,7 +38,12 @@ def _vq(q):
                          track_usage=q.split_every_steps > 0)
 
 
-QUANTIZERS = {"fsq": _fsq, "vq": _vq}
+def _uvim_vq(q):
+  return EmaVectorQuantizer(codebook_size=q.codebook_size, codebook_dim=q.codebook_dim,
+                            momentum=q.momentum, min_count=q.min_count, splitting=q.splitting)
+
+
+QUANTIZERS = {"fsq": _fsq, "vq": _vq, "uvim_vq": _uvim_vq}
 
 
 def codebook_size(q) -> int:
@@ -101,6 +109,42 @@ TRANSFORMERS = {"maskgit_transformer": _maskgit_transformer}
 def build_transformer(config, layout):
   """The Stage II model named by config.stage2.model, for the token `layout`."""
   return TRANSFORMERS[config.stage2.model](config, layout)
+
+
+def _uvim_vit(config, labels) -> uvim.LabelAutoencoder:
+  m = config.model
+  return uvim.LabelAutoencoder(
+      quantizer=build_quantizer(config.quantizer), labels=tuple(labels),
+      image_size=config.dataset.image_size, patch_size=m.patch_size, code_len=m.code_len,
+      width=m.width, enc_depth=m.enc_depth, dec_depth=m.dec_depth, mlp_dim=m.mlp_dim,
+      num_heads=m.num_heads, encoder_context=m.encoder_context,
+      decoder_context=m.decoder_context, code_dropout=m.code_dropout,
+      dropped_code=m.dropped_code, standardize=config.quantizer.kind == "uvim_vq")
+
+
+LABEL_AUTOENCODERS = {"uvim_vit": _uvim_vit}
+
+
+def build_label_autoencoder(config, labels) -> uvim.LabelAutoencoder:
+  """UViM's Stage I (config.model.name) for a task's `labels` ((key, channels), ...)."""
+  return LABEL_AUTOENCODERS[config.model.name](config, labels)
+
+
+def _uvim_vtt(config) -> uvim_task.TaskModel:
+  s = config.stage2
+  return uvim_task.TaskModel(
+      codebook_size=codebook_size(config.quantizer), image_size=config.dataset.image_size,
+      patch_size=s.patch_size, seq_len=config.model.code_len, width=s.width,
+      mlp_dim=s.mlp_dim, num_heads=s.num_heads, encoder_layers=s.encoder_layers,
+      decoder_layers=s.decoder_layers, dropout=s.dropout)
+
+
+TASK_MODELS = {"uvim_vtt": _uvim_vtt}
+
+
+def build_task_model(config) -> uvim_task.TaskModel:
+  """UViM's Stage II (config.stage2.model): image -> logits over the Stage I code tokens."""
+  return TASK_MODELS[config.stage2.model](config)
 
 
 def count_params(params) -> int:

@@ -9,6 +9,8 @@ decoupled (added after the learning rate, so not multiplied by it, but by the sc
 applies to kernels only; the schedule is linear warmup then cosine decay to 0.
 """
 
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -52,14 +54,27 @@ def kernel_mask(params):
       lambda path, _: getattr(path[-1], "key", None) == "kernel", params)
 
 
+def scale_by_path(multiplier: Callable[[tuple], float]) -> optax.GradientTransformation:
+  """Each leaf's update times `multiplier(its key path)` (big_vision's lr_mults)."""
+  def update(updates, state, params=None):
+    del params
+    return jax.tree_util.tree_map_with_path(lambda path, u: u * multiplier(path), updates), state
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def uvim_optimizer(*, learning_rate: float, weight_decay: float, total_steps: int,
                    warmup_steps: int, grad_clip_norm: float | None = 1.0,
-                   beta2_cap: float = 0.95,
-                   momentum_dtype=jnp.bfloat16) -> optax.GradientTransformation:
-  """The whole update of the module docstring; grad_clip_norm None or 0 does not clip."""
+                   beta2_cap: float = 0.95, momentum_dtype=jnp.bfloat16,
+                   lr_multiplier: Callable[[tuple], float] | None = None
+                   ) -> optax.GradientTransformation:
+  """The whole update of the module docstring; grad_clip_norm None or 0 does not clip.
+  `lr_multiplier(path)` scales the learning rate (not the weight decay) of some parameters,
+  e.g. 0.1 for Stage II's pretrained encoder."""
   parts = [optax.clip_by_global_norm(grad_clip_norm)] if grad_clip_norm else []
   parts += [scale_by_big_vision_adafactor(beta2_cap=beta2_cap, momentum_dtype=momentum_dtype),
             optax.scale(learning_rate)]
+  if lr_multiplier is not None:
+    parts.append(scale_by_path(lr_multiplier))
   if weight_decay:
     parts.append(optax.add_decayed_weights(weight_decay, kernel_mask))
   parts += [optax.scale_by_schedule(warmup_cosine(total_steps, warmup_steps)), optax.scale(-1.0)]

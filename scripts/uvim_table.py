@@ -1,0 +1,156 @@
+"""Table 2 and Figure 6 of a UViM sweep: one row per (quantizer, splitting, context), mean
++- std over its Stage II seeds, beside the FSQ paper's numbers.
+
+  python scripts/uvim_table.py --sweep=demo_out/uvim --out=demo_out/uvim
+  python scripts/uvim_table.py --sweep=/data/runs/uvim_color --out=figures/uvim_color
+
+Reads <sweep>/*/results.json (written by `--mode=eval` of configs/uvim_*.py) in sweep.json
+order. Writes table2.md (also printed): per row the runs' task metric (colorization: PSNR and
+FID, with the FID's feature network and protocol), codebook usage and codes used, the Stage
+I oracle and the task's model-free baseline (gray input); the paper's Table 2 number for that
+row where it has one (numbers of other datasets or feature networks are not comparable, and
+the table says which ones it holds). Writes figure6.png from the runs' eval/figure.npz: per
+validation image, the input, the ground truth and each row's first run's prediction.
+"""
+
+import argparse
+import os
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from scripts.plot_figures import load_results  # pylint: disable=g-import-not-at-top
+
+# The FSQ paper's Table 2: (task, quantizer kind, splitting, context) -> (metric, mean, std,
+# usage). Colorization's is FID-5k (ColTran protocol, Inception) on imagenet2012.
+PAPER = {
+    ("colorization", "uvim_vq", True, True): ("FID-5k", 16.90, 0.056, 1.00),
+    ("colorization", "fsq", None, True): ("FID-5k", 17.55, 0.057, 1.00),
+}
+PAPER_DATASETS = {"colorization": "imagenet2012"}
+
+
+def row_key(result: dict) -> tuple:
+  return (result["task"], result["quantizer"], result.get("splitting"), result["context"])
+
+
+def row_label(key: tuple) -> str:
+  _, kind, splitting, context = key
+  label = "VQ" if kind == "uvim_vq" else "FSQ"
+  if kind == "uvim_vq" and not splitting:
+    label += " without splitting"
+  return label + ("" if context else " without context")
+
+
+def mean_std(values: list[float]) -> str:
+  values = [v for v in values if v is not None]
+  if not values:
+    return "-"
+  if len(values) == 1:
+    return f"{values[0]:.4g}"
+  return f"{np.mean(values):.4g} +- {np.std(values, ddof=1):.2g}"
+
+
+def rows(results: list[dict]) -> dict:
+  grouped = {}
+  for result in results:
+    grouped.setdefault(row_key(result), []).append(result)
+  return grouped
+
+
+def paper_cell(key: tuple, result: dict) -> str:
+  if key not in PAPER:
+    return "-"
+  metric, mean, std, usage = PAPER[key]
+  cell = f"{metric} {mean} +- {std}, usage {usage:.0%}"
+  same_data = result["dataset"] == PAPER_DATASETS[key[0]] and \
+      result.get("fid_protocol") == "coltran" and "inception" in result.get("fid_features", "")
+  return cell if same_data else cell + " (ImageNet; not comparable)"
+
+
+def markdown(results: list[dict]) -> str:
+  grouped = rows(results)
+  first = results[0]
+  lines = [f"UViM {first['task']} on {first['dataset']} ({first['eval_split']}, "
+           f"{first['num_eval_images']} images, {first['image_size']} px), sampled at "
+           f"temperature {first['temperature']:g}; FID features: "
+           f"{first.get('fid_features', '-')} ({first.get('fid_protocol', '-')} protocol: "
+           f"{first.get('fid_reference', '-')}). Mean +- std over Stage II seeds.", "",
+           "| row | seeds | PSNR (dB) | FID | usage | codes used | oracle PSNR | oracle FID | "
+           "paper (Table 2) |", "|---|---|---|---|---|---|---|---|---|"]
+  for key, runs in grouped.items():
+    get = lambda name: [r.get(name) for r in runs]
+    lines.append(
+        f"| {row_label(key)} | {len(runs)} | {mean_std(get('psnr'))} | {mean_std(get('fid'))} | "
+        f"{mean_std(get('usage'))} | {mean_std(get('codes_used'))} | "
+        f"{mean_std(get('oracle_psnr'))} | {mean_std(get('oracle_fid'))} | "
+        f"{paper_cell(key, runs[0])} |")
+  lines.append(f"| baseline: {first['baseline']} | - | {mean_std([first.get('baseline_psnr')])} | "
+               f"{mean_std([first.get('baseline_fid')])} | - | - | - | - | - |")
+  lines += ["", "Runs: " + ", ".join(
+      f"{r['name']} ({r['stage1_steps']} Stage I / {r['stage2_steps']} Stage II steps, "
+      f"{r['codes_used']} of {r['codebook_size']} codes)" for r in results)]
+  return "\n".join(lines) + "\n"
+
+
+def draw_figure6(sweep: str, results: list[dict], path: str) -> bool:
+  """Input, ground truth and each row's first run's predictions, one column per image."""
+  firsts = [runs[0] for runs in rows(results).values()]
+  figures = {}
+  for result in firsts:
+    npz = os.path.join(sweep, result["name"], "eval", "figure.npz")
+    if os.path.exists(npz):
+      with np.load(npz) as data:
+        figures[result["name"]] = dict(data)
+  if not figures:
+    return False
+  any_run = next(iter(figures.values()))
+  lines = [("input", any_run["input"]), ("ground truth", any_run["truth"])]
+  lines += [(row_label(row_key(r)), figures[r["name"]]["model"]) for r in firsts
+            if r["name"] in figures]
+  count = min(len(images) for _, images in lines)
+  fig, axes = plt.subplots(len(lines), count, figsize=(1.2 * count, 1.3 * len(lines)),
+                           squeeze=False)
+  for i, (label, images) in enumerate(lines):
+    for j in range(count):
+      axes[i, j].imshow(np.clip(images[j], 0, 1))
+      axes[i, j].set_xticks([])
+      axes[i, j].set_yticks([])
+    axes[i, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+  fig.suptitle("UViM colorization of validation crops (Figure 6's layout)", fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return True
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--sweep", required=True, help="the sweep's root (its run directories)")
+  parser.add_argument("--out", required=True, help="where table2.md and figure6.png go")
+  args = parser.parse_args(argv)
+  results, missing = load_results(args.sweep)
+  results = [r for r in results if r.get("family") == "uvim"]
+  if not results:
+    print(f"error: no UViM results.json under {args.sweep}; run the sweep's eval stages first",
+          file=sys.stderr)
+    return 2
+  os.makedirs(args.out, exist_ok=True)
+  table = markdown(results)
+  if missing:
+    table += f"\nNo results yet: {', '.join(missing)}\n"
+  with open(os.path.join(args.out, "table2.md"), "w") as f:
+    f.write(table)
+  print(table)
+  if draw_figure6(args.sweep, results, os.path.join(args.out, "figure6.png")):
+    print(f"wrote {os.path.join(args.out, 'table2.md')} and figure6.png")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
