@@ -62,7 +62,7 @@ study: install
 # The paper's configs too: `.venv/bin/python scripts/bench.py` (about 20 minutes on 2 cores).
 bench: install
 	$(PY) scripts/bench_quantizers.py
-	$(PY) scripts/bench.py --configs=demo
+	$(PY) scripts/bench.py --configs=demo,uvim_demo
 
 clean-venv:
 	rm -rf $(VENV)

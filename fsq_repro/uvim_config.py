@@ -82,7 +82,6 @@ def base_config() -> ml_collections.ConfigDict:
   c.stage1.grad_clip_norm = 1.0
   c.stage1.beta2_cap = 0.95
   c.stage1.log_every_steps = 100
-  c.stage1.image_every_steps = 0  # unused by UViM's Stage I (kept for the shared reporting)
   c.stage1.checkpoint_every_steps = 5000
   c.stage1.keep_checkpoints = 3
 
@@ -101,7 +100,6 @@ def base_config() -> ml_collections.ConfigDict:
   # An AugReg ViT-L/16 .npz (big_vision's `vit_l16` init, ImageNet-21k) for the encoder;
   # None trains it from scratch.
   c.stage2.encoder_init = ml_collections.FieldReference(None, field_type=str)
-  c.stage2.init_from = ml_collections.FieldReference(None, field_type=str)  # unused (MaskGIT's)
   c.stage2.batch_size = 512
   c.stage2.num_train_steps = steps(50, IMAGENET_TRAIN - 4096, 512)  # 50 epochs: 124,700
   c.stage2.learning_rate = 1e-3

@@ -158,7 +158,7 @@ def check_compatible(config, mode: str, workdir: str, *, allow_config_change: bo
       check_same_run(eval_dir(workdir), config, "eval")
   for stage in earlier:
     check_earlier_stage(config, workdir, stage, compare=not allow_config_change)
-  source = config.stage2.init_from
+  source = config.stage2.get("init_from")  # MaskGIT's fine-tuning start (UViM has none)
   if mode == "stage2" and source and not checkpoints.finished_steps(
       checkpoint_dir(source, "stage2")):
     raise FileNotFoundError(f"stage2.init_from={source!r} holds no Stage II checkpoint in "

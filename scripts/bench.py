@@ -1,6 +1,7 @@
 """Training, sampling and evaluation throughput, with model FLOP utilisation, as JSON.
 
-  python scripts/bench.py                    # demo, tradeoff_128 (128 px), maskgit_256 (256 px)
+  python scripts/bench.py                    # demo, tradeoff_128 (128 px), maskgit_256 (256 px),
+                                             # uvim_demo, uvim_colorization (512 px)
   python scripts/bench.py --configs=maskgit_256 --parts=stage2 --batch_size=8 --steps=3
   python scripts/bench.py --configs=tradeoff_128 --parts=bf16_losses --batch_size=4
   python scripts/bench.py --configs= --official_path=/path/to/maskgit   # side by side only
@@ -12,6 +13,8 @@ Per config, on the default device(s), with the batch sharded over all of them:
   step (per device), achieved FLOP/s, and MFU = achieved / the matmul peak below;
   XLA's buffer sizes for the step (arguments + outputs + temporaries - aliased, per device).
   A step whose buffers exceed 3/4 of the free memory is compiled but not run ("skipped").
+  For the UViM configs, stage1 is the label autoencoder's step and stage2 the task model's
+  teacher-forced step on the frozen Stage I's codes (float32; models freshly initialised).
 - sampling: MaskGIT decoding, 12 steps, then the Stage I decoder: images/s with CFG off
   (one transformer pass per step) and on (alpha 0.2, two passes), and with alpha 0 passed as
   a traced value (two passes: how alpha 0 ran before the conditional-only decoder).
@@ -57,14 +60,15 @@ import numpy as np
 
 import bench_input
 import bench_official
-from fsq_repro import api, config_lib, parallel
+from fsq_repro import api, config_lib, parallel, tasks
 from fsq_repro.data import tokens as tokens_lib
 from fsq_repro.eval import compression, features
 from fsq_repro.models import factory, inception, perceptual, resnet, weights
-from fsq_repro.train import loop, stage1, stage2
+from fsq_repro.train import loop, stage1, stage2, uvim_stage1, uvim_stage2
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = ("demo", "tradeoff_128", "maskgit_256")
+CONFIGS = ("demo", "tradeoff_128", "maskgit_256", "uvim_demo", "uvim_colorization")
+UVIM_PARTS = ("stage1", "stage2")  # what a UViM config has of PARTS
 PARTS = ("stage1", "stage2", "sampling", "eval", "state_memory", "bf16_losses")
 DEFAULT_PARTS = PARTS[:-1]  # bf16_losses trains the config twice: asked for by name
 BF16_TOLERANCE = 0.02  # relative difference of each logged loss, bfloat16 against float32
@@ -74,6 +78,10 @@ CFG_ALPHA = 0.2
 
 def load_config(name: str, dtype: str, batch_size: int | None):
   config = config_lib.load_config(os.path.join(ROOT, "configs", f"{name}.py"))
+  if config.get("family") == "uvim":  # float32 only: UViM's models have no dtype field
+    for section in (config.stage1, config.stage2, config.eval):
+      section.batch_size = batch_size or section.batch_size
+    return config
   config.model.dtype = config.stage2.dtype = dtype
   if batch_size:  # the paper's batches do not fit a CPU; the demo keeps its own
     for section in (config.stage1, config.stage2, config.sample, config.eval):
@@ -290,6 +298,39 @@ def bench_stage2(config, mesh, steps: int) -> dict:
   return report
 
 
+def bench_uvim_stage1(config, mesh, steps: int) -> dict:
+  """UViM's Stage I step (label autoencoder, the task's loss, the EMA-VQ update)."""
+  setup = uvim_stage1.setup(config)
+  _, shardings = parallel.abstract_state(setup.init, setup.init_rng, mesh, config.mesh)
+  b, size = config.stage1.batch_size, config.dataset.image_size
+  images = np.random.default_rng(1).random((b, size, size, 3), np.float32)
+  state = jax.jit(setup.init, out_shardings=shardings)(setup.init_rng)
+  report = train_step_report(
+      loop.make_train_step(setup.train_step, shardings, mesh), state,
+      (parallel.global_batch({"image": images}, mesh), jax.random.key(1), ()),
+      batch_size=b, steps=steps)
+  return {"image_size": size, "quantizer": config.quantizer.kind,
+          "code_len": config.model.code_len, **report}
+
+
+def bench_uvim_stage2(config, mesh, steps: int) -> dict:
+  """UViM's Stage II step: the frozen Stage I codes the batch, teacher forcing."""
+  task = tasks.get(config.task.name)
+  model = factory.build_label_autoencoder(config, task.labels)
+  example = uvim_stage1.example_shapes(config, task)
+  coder = api.LabelCoder(config, task, model, jax.jit(functools.partial(
+      model.init, train=False))(jax.random.key(0), example["labels"], example["context"]))
+  setup = uvim_stage2.setup(config, coder)
+  _, shardings = parallel.abstract_state(setup.init, setup.init_rng, mesh, config.mesh)
+  b, size = config.stage2.batch_size, config.dataset.image_size
+  images = np.random.default_rng(3).random((b, size, size, 3), np.float32)
+  state = jax.jit(setup.init, out_shardings=shardings)(setup.init_rng)
+  return {"tokens_per_image": config.model.code_len, "teacher_forcing": train_step_report(
+      loop.make_train_step(setup.train_step, shardings, mesh), state,
+      (parallel.global_batch({"image": images}, mesh), jax.random.key(2), setup.frozen),
+      batch_size=b, steps=steps)}
+
+
 def synthetic_generator(config, mesh) -> api.Generator:
   """A Generator (and its Tokenizer) of the config's networks with synthetic weights."""
   tokenizer_model = factory.build_tokenizer(config)
@@ -444,7 +485,7 @@ def peak_memory() -> dict:
 
 
 def bench_config(name: str, args, mesh) -> dict:
-  paper = name != "demo"
+  paper = not name.endswith("demo")
   config = load_config(name, args.dtype, args.batch_size if paper else None)
   steps = args.steps if paper else args.demo_steps
   calls = 1 if paper else 2
@@ -455,8 +496,11 @@ def bench_config(name: str, args, mesh) -> dict:
           "state_memory": lambda: bench_state_memory(config, args.fsdp_devices),
           "bf16_losses": lambda: bench_bf16_losses(name, args.batch_size if paper else None,
                                                    args.bf16_steps)}
+  if config.get("family") == "uvim":
+    runs = {"stage1": lambda: bench_uvim_stage1(config, mesh, steps),
+            "stage2": lambda: bench_uvim_stage2(config, mesh, steps)}
   report = {"image_size": config.dataset.image_size, "dtype": args.dtype}
-  for part in args.parts:
+  for part in [p for p in args.parts if p in runs]:
     report[part] = runs[part]()
     report[part]["peak_memory_after"] = peak_memory()
     # Progress, and the numbers so far should the run be cut short.
@@ -534,7 +578,8 @@ def main():
   peak = {key: max(first_peak[key], last_peak[key]) for key in first_peak}
   for report in configs.values():
     step_reports = [report.get("stage1")] + [report.get("stage2", {}).get(kind)
-                                             for kind in ("precomputed", "online")]
+                                             for kind in ("precomputed", "online",
+                                                          "teacher_forcing")]
     for r in step_reports:
       if r is None or "skipped" in r:
         continue

@@ -67,7 +67,7 @@ def paper_cell(key: tuple, result: dict) -> str:
   if key not in PAPER:
     return "-"
   metric, mean, std, usage = PAPER[key]
-  cell = f"{metric} {mean} +- {std}, usage {usage:.0%}"
+  cell = f"{metric} {mean:.2f} +- {std:.3f}, usage {usage:.0%}"
   same_data = result["dataset"] == PAPER_DATASETS[key[0]] and \
       result.get("fid_protocol") == "coltran" and "inception" in result.get("fid_features", "")
   return cell if same_data else cell + " (ImageNet; not comparable)"

@@ -55,3 +55,18 @@ def test_input_throughput_times_each_pipeline_on_the_jpeg_folder(tmp_path, monke
   assert all(r["images_per_s"] > 0 for r in report["rows"])
   lines = report["markdown"].splitlines()
   assert lines[0] == "| pipeline | 16 px images/s | 24 px images/s |" and len(lines) == 4
+
+
+@pytest.mark.parametrize("stage", ["stage1", "stage2"])
+def test_uvim_steps_are_timed_with_their_flops(stage, monkeypatch):
+  import os
+  import tiny_configs
+  from fsq_repro import parallel
+  monkeypatch.syspath_prepend(os.path.dirname(bench_official.__file__))  # bench.py's imports
+  import bench
+  config = tiny_configs.tiny_uvim_config("quantizer=vq")
+  bench_stage = bench.bench_uvim_stage1 if stage == "stage1" else bench.bench_uvim_stage2
+  report = bench_stage(config, parallel.make_mesh(), steps=1)
+  step = report if stage == "stage1" else report["teacher_forcing"]
+  assert step["batch_size"] == 8 and step["step_s"] > 0
+  assert step["flops_per_step_per_device"] > 0 and step["images_per_s"] > 0

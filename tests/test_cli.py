@@ -13,12 +13,12 @@ from absl import flags
 from absl import logging as absl_logging
 from absl.testing import flagsaver
 
-from configs import demo
+from configs import demo, uvim_demo
 from fsq_repro import main as cli
 from fsq_repro import workdir as workdir_lib
-from fsq_repro.eval import evaluate, generate
+from fsq_repro.eval import evaluate, generate, uvim_evaluate
 from fsq_repro.models import factory
-from fsq_repro.train import stage1, stage2
+from fsq_repro.train import stage1, stage2, uvim_stage1, uvim_stage2
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "configs", "demo.py")
@@ -42,7 +42,10 @@ def jobs(monkeypatch):
   for module, name, mode in ((stage1, "train_and_evaluate", "stage1"),
                              (stage2, "train_and_evaluate", "stage2"),
                              (generate, "write_samples", "sample"),
-                             (evaluate, "evaluate", "eval")):
+                             (evaluate, "evaluate", "eval"),
+                             (uvim_stage1, "train_and_evaluate", "stage1"),
+                             (uvim_stage2, "train_and_evaluate", "stage2"),
+                             (uvim_evaluate, "evaluate", "eval")):
     monkeypatch.setattr(module, name,
                         lambda config, workdir, mode=mode: started.setdefault(mode, []).append(
                             workdir))
@@ -140,6 +143,36 @@ def test_bad_stage1_config_fails_in_one_line(run_main, jobs, tmp_path, make_conf
   assert code == 2
   assert message in single_error_line(stderr)
   assert not jobs and not os.path.exists(tmp_path / "run" / "stage1")
+
+
+def uvim_config(arg="quantizer=fsq", **fields):
+  config = uvim_demo.get_config(arg)
+  for path, value in fields.items():
+    section, name = path.split("__")
+    config[section][name] = value
+  return config
+
+
+@pytest.mark.parametrize("make_config,mode,message", [
+    (lambda tmp: uvim_config(model__dropped_code="zero"), "stage1",
+     "model.dropped_code='zero' with quantizer.levels=(7, 5, 5, 5, 5): all levels are odd"),
+    (lambda tmp: uvim_config(model__code_len=15), "stage1", "model.code_len=15 with"),
+    (lambda tmp: uvim_config(task__name="depthh"), "stage1", "task.name='depthh' is unknown"),
+    (lambda tmp: uvim_config("quantizer=vq", quantizer__momentum=1.5), "stage1",
+     "momentum=1.5: UViM's VQ needs"),
+    (lambda tmp: uvim_config(dataset__exclude_classes=("cat",)), "stage1",
+     "dataset.exclude_classes=('cat',): ['cat'] are not classes of fsq_photo_crops"),
+    (lambda tmp: uvim_config(stage2__encoder_init=str(tmp / "vit.npz")), "stage2",
+     "stage2.encoder_init="),
+    (lambda tmp: uvim_config(eval__temperature=0.0), "eval", "eval.temperature=0.0 must be > 0"),
+    (lambda tmp: uvim_config(), "sample", "--mode=sample is not one of UViM's"),
+], ids=["zero_code_with_odd_fsq", "code_len_not_square", "unknown_task", "vq_momentum",
+        "unknown_excluded_class", "missing_vit_npz", "zero_temperature", "sample_mode"])
+def test_bad_uvim_config_fails_in_one_line(run_main, jobs, tmp_path, make_config, mode, message):
+  code, _, stderr = run_main(make_config(tmp_path), mode, tmp_path / "run")
+  assert code == 2
+  assert message in single_error_line(stderr)
+  assert not jobs and not os.path.exists(tmp_path / "run" / mode)
 
 
 def test_batch_not_divisible_by_devices_fails_in_one_line(run_main, tmp_path, monkeypatch):

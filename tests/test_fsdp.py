@@ -33,11 +33,11 @@ EIGHT_DEVICE_RUN = textwrap.dedent("""
     jax.config.update("jax_num_cpu_devices", 8)
     sys.path[:0] = [sys.argv[2], sys.argv[2] + "/tests"]
     import numpy as np
-    from tiny_configs import tiny_config
-    from fsq_repro import parallel
+    from tiny_configs import tiny_config, tiny_uvim_config
+    from fsq_repro import api, parallel, tasks
     from fsq_repro.data import tokens as tokens_lib
     from fsq_repro.models import factory
-    from fsq_repro.train import loop, stage1, stage2
+    from fsq_repro.train import loop, stage1, stage2, uvim_stage1, uvim_stage2
 
     mesh = parallel.make_mesh()
     data = np.random.default_rng(0)
@@ -71,10 +71,23 @@ EIGHT_DEVICE_RUN = textwrap.dedent("""
       for i, leaf in enumerate(jax.tree.leaves(state)):
         results[f"{name}/state{i}"] = np.asarray(leaf)
 
+    def uvim_coder(config):  # a freshly initialised Stage I, frozen under Stage II
+      task = tasks.get(config.task.name)
+      model = factory.build_label_autoencoder(config, task.labels)
+      example = uvim_stage1.example_shapes(config, task)
+      variables = model.init(jax.random.key(0), example["labels"], example["context"])
+      return api.LabelCoder(config, task, model, variables)
+
     for fsdp in (False, True):
       config = tiny_config("quantizer=vq,codebook_bits=6")
       config.mesh.fsdp, config.mesh.fsdp_min_size = fsdp, 256
-      if sys.argv[3] == "stage1":
+      if sys.argv[3].startswith("uvim"):
+        config = tiny_uvim_config("quantizer=vq")
+        config.mesh.fsdp, config.mesh.fsdp_min_size = fsdp, 256
+        setup = (uvim_stage1.setup(config) if sys.argv[3] == "uvim_stage1" else
+                 uvim_stage2.setup(config, uvim_coder(config)))
+        train(f"{sys.argv[3]}/{fsdp}", setup, config.mesh, [{"image": x} for x in images])
+      elif sys.argv[3] == "stage1":
         train(f"stage1/{fsdp}", stage1.setup(config), config.mesh,
               [{"image": x} for x in images])
       else:
@@ -105,7 +118,7 @@ def test_fsdp_spec_shards_the_largest_divisible_axis(shape, min_size, expected):
 
 
 @pytest.mark.slow  # a fresh process with 8 CPU devices
-@pytest.mark.parametrize("stage", ["stage1", "stage2"])
+@pytest.mark.parametrize("stage", ["stage1", "stage2", "uvim_stage1", "uvim_stage2"])
 def test_fsdp_trains_like_replication_with_less_memory_per_device(tmp_path, stage):
   out = tmp_path / "results.npz"
   run = subprocess.run([sys.executable, "-c", EIGHT_DEVICE_RUN, str(out), ROOT, stage],

@@ -144,16 +144,18 @@ def split_most_used_code(sums: jax.Array, counts: jax.Array, rng: jax.Array):
 
 def split_rare_codes(sums: jax.Array, counts: jax.Array, rng: jax.Array, min_count: float):
   """`split_most_used_code` until no EMA count is below `min_count` (UViM: 0.1, a code
-  unused for ~460 steps at momentum 0.995), each split with its own key."""
+  unused for ~460 steps at momentum 0.995), each split with its own key; at most one split
+  per code, so a dictionary whose whole mass is below codebook_size * min_count (which no
+  number of splits can lift) does not loop forever."""
   def rare(state):
-    return jnp.any(state[1] < min_count)
+    return jnp.any(state[1] < min_count) & (state[3] < counts.shape[0])
 
   def split(state):
-    sums, counts, rng = state
+    sums, counts, rng, done = state
     rng, key = jax.random.split(rng)
-    return (*split_most_used_code(sums, counts, key), rng)
+    return (*split_most_used_code(sums, counts, key), rng, done + 1)
 
-  sums, counts, _ = jax.lax.while_loop(rare, split, (sums, counts, rng))
+  sums, counts, _, _ = jax.lax.while_loop(rare, split, (sums, counts, rng, jnp.int32(0)))
   return sums, counts
 
 
