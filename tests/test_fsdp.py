@@ -68,8 +68,8 @@ EIGHT_DEVICE_RUN = textwrap.dedent("""
                               jax.random.key(i + 1), setup.frozen)
         for key, value in metrics.items():
           results[f"{name}/step{i}/{key}"] = np.asarray(value)
-      for i, leaf in enumerate(jax.tree.leaves(state)):
-        results[f"{name}/state{i}"] = np.asarray(leaf)
+      for i, leaf in enumerate(jax.tree.leaves(state)):  # float32: npz has no bfloat16
+        results[f"{name}/state{i}"] = np.asarray(leaf.astype(np.float32))
 
     def uvim_coder(config):  # a freshly initialised Stage I, frozen under Stage II
       task = tasks.get(config.task.name)
@@ -136,7 +136,7 @@ def test_fsdp_trains_like_replication_with_less_memory_per_device(tmp_path, stag
   assert per_device[0] < 0.3 * full[0], (per_device[0], full[0])
 
   metric_keys = [k for k in r.files if k.startswith(replicated + "/step")]
-  assert len(metric_keys) >= 8
+  assert len(metric_keys) >= 6  # two steps of at least three metrics
   for key in metric_keys:
     np.testing.assert_allclose(r[key.replace(replicated, sharded)], r[key], rtol=1e-4,
                                atol=1e-6, err_msg=key)
