@@ -7,8 +7,8 @@
 
 Arguments: quantizer=fsq|vq (FSQ [7,5,5,5,5], 4375 codes, or UViM's 4096-word EMA VQ with
 splitting), splitting=0|1 (VQ), context=0|1 (the gray image in Stage I's encoder and
-decoder), seed=k (Stage II). big_vision's recipe: Stage I 100 epochs of train[4096:] at batch
-1024 (lr 4e-4, wd 4e-5, 4k warmup, cosine, clip 1); Stage II 50 epochs at batch 512 (lr 1e-3,
+decoder), seed=k (Stage II). big_vision's recipe: inception crops and flips; Stage I 100
+epochs of train[4096:] at batch 1024 (lr 4e-4, wd 4e-5, 4k warmup, cosine, clip 1); Stage II 50 epochs at batch 512 (lr 1e-3,
 encoder x0.1, wd 1e-6, no clipping) from the AugReg ImageNet-21k ViT-L/16; evaluation:
 ColTran's FID-5k with greedy sampling (temperature 1e-7).
 

@@ -22,6 +22,8 @@ def get_config(arg: str | None = None):
   c.dataset.train_split = "train"
   c.dataset.eval_split = "validation"
   c.dataset.exclude_classes = embedded.GRAY_PHOTOS
+  # 40 px crops: an inception crop of 5% of one is 9 px; random short-side squares instead.
+  c.dataset.train_crop = "square"
 
   if c.quantizer.kind == "uvim_vq":
     c.quantizer.codebook_dim = 32

@@ -179,8 +179,7 @@ class LabelCoder:
     config = config if config is not None else workdir_lib.saved_config(directory)
     task = tasks.get(config.task.name)
     model = factory.build_label_autoencoder(config, task.labels)
-    size = config.dataset.image_size
-    example = task.prepare({"image": jnp.zeros((1, size, size, 3), jnp.float32)})
+    example = task.prepare(tasks.zeros_batch(task, config.dataset.image_size))
     variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
                                example["labels"], example["context"])
     abstract = {UVIM_PARAMS: variables["params"],

@@ -42,6 +42,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset.train_split = "train[4096:]"  # big_vision holds out train[:4096] for minival
   c.dataset.eval_split = "validation"
   c.dataset.exclude_classes = ()  # class names left out of both splits
+  c.dataset.train_crop = "inception"  # big_vision's inception crop (+ flip); pipeline.TRAIN_CROPS
   c.dataset.num_threads = 2
   c.dataset.num_workers = 0
 
@@ -194,6 +195,10 @@ def validate(config, *, num_devices: int, stage: str) -> None:
   if stage == "stage2" and init and not os.path.isfile(init):
     raise ValueError(f"stage2.encoder_init={init!r} is not a file; give an AugReg ViT .npz "
                      "(e.g. ViT-L/16 ImageNet-21k) or None to train the encoder from scratch")
+  from fsq_repro.data import pipeline  # pylint: disable=g-import-not-at-top
+  if config.dataset.train_crop not in pipeline.TRAIN_CROPS:
+    raise ValueError(f"dataset.train_crop={config.dataset.train_crop!r} is unknown; use one of "
+                     f"{pipeline.TRAIN_CROPS}")
   if stage == "eval":
     if not config.eval.temperature > 0:
       raise ValueError(f"eval.temperature={config.eval.temperature} must be > 0 (1e-7 is greedy)")

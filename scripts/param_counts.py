@@ -47,9 +47,7 @@ def uvim_counts(config) -> dict[str, int]:
   """{network: parameters} of a UViM config: the label autoencoder and the task model."""
   from fsq_repro import tasks  # pylint: disable=g-import-not-at-top
   key, task = jax.random.key(0), tasks.get(config.task.name)
-  size = config.dataset.image_size
-  example = jax.eval_shape(task.prepare, {"image": jax.ShapeDtypeStruct((1, size, size, 3),
-                                                                        jnp.float32)})
+  example = jax.eval_shape(task.prepare, tasks.zeros_batch(task, config.dataset.image_size))
   autoencoder = factory.build_label_autoencoder(config, task.labels)
   variables = jax.eval_shape(functools.partial(autoencoder.init, train=False), key,
                              example["labels"], example["context"])

@@ -28,11 +28,17 @@ from scripts.plot_figures import load_results  # pylint: disable=g-import-not-at
 
 # The FSQ paper's Table 2: (task, quantizer kind, splitting, context) -> (metric, mean, std,
 # usage). Colorization's is FID-5k (ColTran protocol, Inception) on imagenet2012.
-PAPER = {
-    ("colorization", "uvim_vq", True, True): ("FID-5k", 16.90, 0.056, 1.00),
-    ("colorization", "fsq", None, True): ("FID-5k", 17.55, 0.057, 1.00),
+PAPER = {  # numbers as the paper prints them
+    ("colorization", "uvim_vq", True, True): ("FID-5k", "16.90", "0.056", 1.00),
+    ("colorization", "fsq", None, True): ("FID-5k", "17.55", "0.057", 1.00),
+    ("depth", "uvim_vq", True, True): ("RMSE", "0.468", "0.012", 0.99),
+    ("depth", "fsq", None, True): ("RMSE", "0.473", "0.012", 0.99),
+    ("depth", "uvim_vq", False, True): ("RMSE", "0.490", "0.0037", 0.0078),
 }
-PAPER_DATASETS = {"colorization": "imagenet2012"}
+PAPER_DATASETS = {"colorization": "imagenet2012", "depth": "nyu_depth_v2"}
+# Each task's metric columns: (results.json key, header).
+TASK_COLUMNS = {"colorization": (("psnr", "PSNR (dB)"), ("fid", "FID")),
+                "depth": (("rmse", "RMSE (m)"), ("abs_rel", "abs rel"), ("delta1", "delta1"))}
 
 
 def row_key(result: dict) -> tuple:
@@ -67,31 +73,36 @@ def paper_cell(key: tuple, result: dict) -> str:
   if key not in PAPER:
     return "-"
   metric, mean, std, usage = PAPER[key]
-  cell = f"{metric} {mean:.2f} +- {std:.3f}, usage {usage:.0%}"
-  same_data = result["dataset"] == PAPER_DATASETS[key[0]] and \
-      result.get("fid_protocol") == "coltran" and "inception" in result.get("fid_features", "")
-  return cell if same_data else cell + " (ImageNet; not comparable)"
+  cell = f"{metric} {mean} +- {std}, usage {usage:.2%}" if usage < 0.01 else \
+      f"{metric} {mean} +- {std}, usage {usage:.0%}"
+  same_data = result["dataset"] == PAPER_DATASETS[key[0]] and (key[0] != "colorization" or (
+      result.get("fid_protocol") == "coltran" and "inception" in result.get("fid_features", "")))
+  return cell if same_data else cell + f" ({PAPER_DATASETS[key[0]]}; not comparable)"
 
 
 def markdown(results: list[dict]) -> str:
   grouped = rows(results)
   first = results[0]
+  columns = TASK_COLUMNS[first["task"]]
+  fid = (f"; FID features: {first['fid_features']} ({first['fid_protocol']} protocol: "
+         f"{first['fid_reference']})" if "fid_features" in first else "")
+  header = ["row", "seeds", *(h for _, h in columns), "usage", "codes used",
+            *(f"oracle {h}" for _, h in columns), "paper (Table 2)"]
   lines = [f"UViM {first['task']} on {first['dataset']} ({first['eval_split']}, "
            f"{first['num_eval_images']} images, {first['image_size']} px), sampled at "
-           f"temperature {first['temperature']:g}; FID features: "
-           f"{first.get('fid_features', '-')} ({first.get('fid_protocol', '-')} protocol: "
-           f"{first.get('fid_reference', '-')}). Mean +- std over Stage II seeds.", "",
-           "| row | seeds | PSNR (dB) | FID | usage | codes used | oracle PSNR | oracle FID | "
-           "paper (Table 2) |", "|---|---|---|---|---|---|---|---|---|"]
+           f"temperature {first['temperature']:g}{fid}. Mean +- std over Stage II seeds.", "",
+           "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for key, runs in grouped.items():
-    get = lambda name: [r.get(name) for r in runs]
-    lines.append(
-        f"| {row_label(key)} | {len(runs)} | {mean_std(get('psnr'))} | {mean_std(get('fid'))} | "
-        f"{mean_std(get('usage'))} | {mean_std(get('codes_used'))} | "
-        f"{mean_std(get('oracle_psnr'))} | {mean_std(get('oracle_fid'))} | "
-        f"{paper_cell(key, runs[0])} |")
-  lines.append(f"| baseline: {first['baseline']} | - | {mean_std([first.get('baseline_psnr')])} | "
-               f"{mean_std([first.get('baseline_fid')])} | - | - | - | - | - |")
+    get = lambda name: mean_std([r.get(name) for r in runs])
+    cells = [row_label(key), str(len(runs)), *(get(k) for k, _ in columns), get("usage"),
+             get("codes_used"), *(get(f"oracle_{k}") for k, _ in columns),
+             paper_cell(key, runs[0])]
+    lines.append("| " + " | ".join(cells) + " |")
+  if first.get("baseline"):
+    cells = [f"baseline: {first['baseline']}", "-",
+             *(mean_std([first.get(f"baseline_{k}")]) for k, _ in columns), "-", "-",
+             *("-" for _ in columns), "-"]
+    lines.append("| " + " | ".join(cells) + " |")
   lines += ["", "Runs: " + ", ".join(
       f"{r['name']} ({r['stage1_steps']} Stage I / {r['stage2_steps']} Stage II steps, "
       f"{r['codes_used']} of {r['codebook_size']} codes)" for r in results)]

@@ -57,6 +57,7 @@ def test_input_throughput_times_each_pipeline_on_the_jpeg_folder(tmp_path, monke
   assert lines[0] == "| pipeline | 16 px images/s | 24 px images/s |" and len(lines) == 4
 
 
+@pytest.mark.slow  # compiles and times both UViM steps
 @pytest.mark.parametrize("stage", ["stage1", "stage2"])
 def test_uvim_steps_are_timed_with_their_flops(stage, monkeypatch):
   import os

@@ -298,3 +298,40 @@ def test_atomic_writes_of_one_path_at_once_both_finish(tmp_path):
   with open(path, "rb") as f:
     assert f.read() in (b"a" * 10, b"b" * 10)  # a failed write leaves the old file
   assert os.listdir(tmp_path) == ["reference.npz"]
+
+
+def test_inception_crop_draws_area_and_aspect_in_range_and_flips():
+  from fsq_repro.data import images as images_lib
+  image = np.tile(np.arange(200, dtype=np.uint8)[None, :, None], (100, 1, 3))  # a ramp in x
+  crops = [images_lib.inception_crop(image, 16, np.random.default_rng(i)) for i in range(40)]
+  assert all(c.shape == (16, 16, 3) and 0 <= c.min() and c.max() <= 1 for c in crops)
+  slopes = [np.sign(c[8, -1, 0] - c[8, 0, 0]) for c in crops]
+  assert 5 < slopes.count(-1) < 35  # flipped about half the time
+  # A crop's horizontal extent in the ramp: at most the image, at least the smallest box.
+  spans = [abs(c[8, -1, 0] - c[8, 0, 0]) * 255 for c in crops]
+  assert max(spans) <= 200 and min(spans) >= 0.5 * np.sqrt(0.05 * 100 * 200 * 0.75)
+  np.testing.assert_array_equal(crops[0], images_lib.inception_crop(
+      image, 16, np.random.default_rng(0)))  # a function of the generator's state
+  # No draw of 60% area fits a 1 x 100 strip at aspect 3/4..4/3: the whole image is used.
+  strip = np.tile(np.arange(100, dtype=np.uint8)[None, :, None], (1, 1, 3))
+  whole = images_lib.inception_crop(strip, 4, np.random.default_rng(1), area=(0.6, 1.0))
+  assert abs(whole[0, 0, 0] - whole[0, -1, 0]) * 255 > 60
+
+
+def test_depth_maps_are_cropped_with_their_images_and_the_nyu_eval_crop_keeps_full_truth():
+  import tfds_mock
+  with tfds_mock.mock_dataset("nyu_depth_v2", {"train": 4, "validation": 2}, shards=1):
+    raw = pipeline.records("nyu_depth_v2", "validation")[0]
+    (batch,) = list(pipeline.create_split("nyu_depth_v2", "validation", batch_size=2,
+                                          image_size=16, train=False, crop="nyu"))
+    train = next(pipeline.create_split("nyu_depth_v2", "train", batch_size=2, image_size=16,
+                                       train=True, train_crop="inception", seed=3))
+  depth = np.asarray(raw["depth"], np.float32)
+  np.testing.assert_array_equal(batch["depth_full"][0], depth[54:480, 41:601])
+  assert batch["depth"].shape == (2, 16, 16) and batch["image"].shape == (2, 16, 16, 3)
+  # Nearest neighbours of the crop: every resized value is one of the crop's own.
+  assert set(np.unique(batch["depth"][0])) <= set(np.unique(depth[54:480, 41:601]))
+  # In training, the same box and flip for both: depth grows with the row in the mock, so
+  # each resized depth column increases downwards whatever the crop and the flip.
+  column = train["depth"][0][:, 8]
+  assert np.all(np.diff(column[column > 0]) >= 0) and train["image"].shape == (2, 16, 16, 3)

@@ -29,27 +29,22 @@ def test_loss_ignores_pixels_without_depth_and_averages_over_all():
                              (1.5 / 4) * (10 - 1e-3) + 1e-3, rtol=1e-6)
 
 
-def test_metrics_of_a_hand_worked_image():
-  gt = np.array([[1.0, 2.0], [4.0, 0.0]])  # the 0 (no signal) is left out
-  pred = np.array([[1.5, 2.0], [2.2, 7.0]])
-  m = depth_metrics.image_metrics(gt, pred)
-  # Valid pixels (gt, pred): (1, 1.5), (2, 2), (4, 2.2): errors 0.5, 0, 1.8; ratios 1.5, 1,
-  # 1.818 against 1.25, 1.5625 and 1.953.
-  np.testing.assert_allclose(m["rmse"], np.sqrt((0.25 + 0 + 3.24) / 3))
-  np.testing.assert_allclose(m["abs_rel"], (0.5 / 1 + 0 + 1.8 / 4) / 3)
-  np.testing.assert_allclose(m["log10"], (np.log10(1.5) + 0 + np.log10(4 / 2.2)) / 3)
-  assert (m["delta1"], m["delta2"], m["delta3"]) == (1 / 3, 2 / 3, 1.0)
-  # Averaged per image: RMSE of each image, then the mean (not one RMSE of all pixels).
-  other = depth_metrics.image_metrics(np.full((2, 2), 3.0), np.full((2, 2), 3.0))
-  np.testing.assert_allclose(depth_metrics.mean_metrics([m, other])["rmse"],
-                             (np.sqrt(3.49 / 3) + 0.0) / 2)
+def test_metrics_of_a_hand_worked_image_averaged_per_image():
+  gt = np.array([[[1.0, 2.0], [4.0, 0.0]], [[3.0, 3.0], [3.0, 3.0]]])  # the 0: no signal
+  pred = np.array([[[1.5, 2.0], [2.2, 7.0]], [[3.0, 3.0], [3.0, 3.0]]])
+  m = {k: np.asarray(v) for k, v in depth_metrics.image_metrics(gt, pred).items()}
+  # Image 0's valid pixels (gt, pred): (1, 1.5), (2, 2), (4, 2.2): errors 0.5, 0, 1.8;
+  # ratios 1.5, 1, 1.818 against 1.25, 1.5625 and 1.953. Image 1 is exact.
+  np.testing.assert_allclose(m["rmse"], [np.sqrt((0.25 + 0 + 3.24) / 3), 0], rtol=1e-6)
+  np.testing.assert_allclose(m["abs_rel"], [(0.5 / 1 + 0 + 1.8 / 4) / 3, 0], rtol=1e-6)
+  np.testing.assert_allclose(m["log10"], [(np.log10(1.5) + np.log10(4 / 2.2)) / 3, 0],
+                             rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(m["delta1"], [1 / 3, 1], rtol=1e-6)
+  np.testing.assert_allclose(m["delta2"], [2 / 3, 1], rtol=1e-6)
+  np.testing.assert_allclose(m["delta3"], [1, 1], rtol=1e-6)
 
 
-def test_eval_crop_and_nearest_resize_of_the_prediction():
-  full = np.arange(480 * 640, dtype=np.float32).reshape(480, 640)
-  cropped = depth_metrics.crop(full)
-  assert cropped.shape == (426, 560) and cropped[0, 0] == full[54, 41]
-  assert cropped[-1, -1] == full[479, 600]
-  small = np.array([[1.0, 2.0], [3.0, 4.0]])
-  np.testing.assert_array_equal(depth_metrics.resize_nearest(small, (4, 4)),
-                                np.repeat(np.repeat(small, 2, 0), 2, 1))
+def test_prediction_is_resized_to_the_crop_by_nearest_neighbours():
+  small = np.array([[[1.0, 2.0], [3.0, 4.0]]])
+  gt = np.repeat(np.repeat(small, 2, 1), 2, 2)  # what nearest upsampling gives
+  assert float(depth_metrics.image_metrics(gt, small)["rmse"][0]) == 0.0

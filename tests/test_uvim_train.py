@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import uvim_colorization
+from configs import uvim_colorization, uvim_depth
 from fsq_repro import api, tasks, uvim_config
 from fsq_repro import workdir as workdir_lib
 from fsq_repro.eval import features, uvim_evaluate
@@ -34,7 +34,8 @@ def test_colorization_labels_are_rgb_with_tf_grayscale_context_and_psnr_in_db():
   # A picture off by 0.1 everywhere (in [0, 1]): MSE 0.01, PSNR 20 dB.
   truth = {"color": jnp.full((1, 4, 4, 3), -0.5)}
   off = {"color": jnp.full((1, 4, 4, 3), -0.3)}
-  np.testing.assert_allclose(colorization.scores(off, truth)["psnr"], [20.0], rtol=1e-5)
+  np.testing.assert_allclose(colorization.scores(off, {"labels": truth})["psnr"], [20.0],
+                             rtol=1e-5)
   clipped = colorization.predict({"color": jnp.array([-3.0, 0.5, 2.0])})["color"]
   np.testing.assert_array_equal(clipped, [-1.0, 0.5, 1.0])
   assert tasks.get("colorization") is colorization.TASK
@@ -87,6 +88,9 @@ def test_sweep_has_three_stage2_seeds_per_row_sharing_each_rows_stage1(tmp_path)
     worker.setdefault(name.split("_")[0], set()).add(index)
   assert all(len(workers) == 1 for workers in worker.values())
   assert len(sweep.load_sweep("configs/uvim_demo.py")) == 4
+  depth = sweep.load_sweep("configs/uvim_depth.py")  # Table 2's three depth rows, 3 seeds each
+  assert [r["name"] for r in depth if "stage1_from" not in r] == \
+      ["vq_seed0", "fsq_seed0", "vq_no_splitting_seed0"] and len(depth) == 9
 
 
 def test_encoder_learns_at_a_tenth_of_the_rate_and_decay_is_not_scaled():
@@ -125,8 +129,11 @@ def _train_and_evaluate(config, workdir):
 
 
 @pytest.mark.parametrize("arg", ["quantizer=fsq", "quantizer=vq"])
-def test_both_stages_and_evaluation_run_on_the_embedded_crops(tmp_path, arg):
+def test_both_stages_and_evaluation_run_on_the_embedded_crops(tmp_path, monkeypatch, arg):
   config = tiny_configs.tiny_uvim_config(arg)
+  # A stand-in for the offline FID network (which make demo-uvim and the slow CLI tests use):
+  # training it would double this test's time.
+  monkeypatch.setattr(features, "get_feature_network", lambda *a, **k: _tiny_network())
   state1, state2, results = _train_and_evaluate(config, str(tmp_path))
   assert int(state1.step) == 3 and int(state2.step) == 3
   if config.quantizer.kind == "uvim_vq":  # the EMA dictionary moved in training
@@ -136,7 +143,7 @@ def test_both_stages_and_evaluation_run_on_the_embedded_crops(tmp_path, arg):
   for key in ("psnr", "oracle_psnr", "baseline_psnr", "fid", "oracle_fid", "baseline_fid"):
     assert np.isfinite(results[key]), key
   assert 0 < results["usage"] <= 1 and results["codes_used"] >= 1
-  assert results["fid_features"].startswith("offline_cnn") and results["fid_protocol"] == "split"
+  assert results["fid_features"] == "test_projection" and results["fid_protocol"] == "split"
   with np.load(tmp_path / "eval" / "figure.npz") as figure:
     assert set(figure.files) == {"input", "truth", "model", "oracle", "baseline"}
     assert figure["model"].shape == (3, 16, 16, 3)
@@ -181,3 +188,27 @@ def test_stages_run_on_mock_imagenet_with_coltrans_read_order(tmp_path, monkeypa
   assert results["num_eval_images"] == 20 and results["fid_protocol"] == "coltran"
   assert results["fid_reference"] == "validation read-order images 20..39 at 8 px"
   assert np.isfinite(results["fid"]) and results["fid_features"] == "test_projection"
+
+
+@pytest.mark.slow  # 480 x 640 images and 256-channel labels: over a minute
+def test_depth_stages_run_on_mock_nyu_with_the_eval_crop_and_per_image_rmse(tmp_path,
+                                                                            monkeypatch):
+  config = tiny_configs.tiny_uvim_config("quantizer=fsq", base=uvim_depth.get_config)
+  config.eval.batch_size = 4
+  batches, eval_batches = [], uvim_evaluate._eval_batches
+
+  def recording(config, **kwargs):
+    for batch in eval_batches(config, **kwargs):
+      batches.append(jax.tree.map(np.asarray, batch))
+      yield batch
+
+  monkeypatch.setattr(uvim_evaluate, "_eval_batches", recording)
+  with tfds_mock.mock_dataset("nyu_depth_v2", {"train": 16, "validation": 6}, shards=2):
+    _, _, results = _train_and_evaluate(config, str(tmp_path))
+  assert results["task"] == "depth" and results["num_eval_images"] == 6
+  assert "fid" not in results and results["baseline"] is None
+  # The evaluation crop's ground truth, unresized; the model's input at 16 px.
+  assert batches[0]["depth_full"].shape == (4, 426, 560)
+  assert batches[0]["depth"].shape == (4, 16, 16) and batches[0]["image"].shape == (4, 16, 16, 3)
+  for key in ("rmse", "abs_rel", "log10", "delta1", "oracle_rmse"):
+    assert np.isfinite(results[key]), key

@@ -27,24 +27,31 @@ def _split_info(dataset: str, name: str, size: int, shards: int):
 
 
 class FakeSource:
-  """Random access to `size` examples; example i is the same on every read."""
+  """Random access to `size` examples; example i is the same on every read. With `depth`
+  (nyu_depth_v2's features) 480 x 640 images and float16 depth maps in metres, zero (no
+  signal) in a corner, else classes with a label."""
 
-  def __init__(self, split: str, size: int, num_classes: int):
-    self.split, self.size, self.num_classes = split, size, num_classes
+  def __init__(self, split: str, size: int, num_classes: int | None, depth: bool = False):
+    self.split, self.size, self.num_classes, self.depth = split, size, num_classes, depth
 
   def __len__(self):
     return self.size
 
   def __getitem__(self, i):
     rng = np.random.default_rng([sum(map(ord, self.split)), i])
-    height, width = rng.integers(24, 48, size=2)
+    height, width = (480, 640) if self.depth else rng.integers(24, 48, size=2)
     # Smooth colour fields (a gradient per channel), so that colour has structure.
-    y, x = np.mgrid[:height, :width] / 48.0
+    y, x = np.mgrid[:height, :width] / float(max(height, width))
     slopes = rng.uniform(-255, 255, (3, 2))
     image = np.stack([128 + a * y + b * x for a, b in slopes], -1)
     buffer = io.BytesIO()
     PIL.Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(buffer, "JPEG")
-    return {"image": buffer.getvalue(), "label": np.int64(i % self.num_classes),
+    example = {"image": buffer.getvalue()}
+    if self.depth:
+      depth = 1.0 + 8.0 * y + rng.uniform(0, 1)
+      depth[:40, :40] = 0.0
+      return {**example, "depth": depth.astype(np.float16)}
+    return {**example, "label": np.int64(i % self.num_classes),
             "file_name": f"{self.split}_{i:05d}.JPEG".encode()}
 
   def __getitems__(self, indices):
@@ -59,7 +66,10 @@ def mock_dataset(name: str, split_sizes: dict[str, int], *, shards: int = 3):
   def data_source(builder, split, decoders=None, **kwargs):
     del decoders, kwargs
     size = builder.info.splits[split].num_examples
-    return FakeSource(split, size, builder.info.features["label"].num_classes)
+    features = builder.info.features
+    if "depth" in features:
+      return FakeSource(split, size, None, depth=True)
+    return FakeSource(split, size, features["label"].num_classes)
 
   with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE,
                               as_data_source_fn=data_source), \

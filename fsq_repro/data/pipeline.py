@@ -52,7 +52,15 @@ from fsq_repro.data import images  # pylint: disable=g-import-not-at-top
 EMBEDDED_DATASET = embedded.FsqPhotoCrops.name  # "fsq_photo_crops"
 FILE_FORMAT = "array_record"  # random access, what tfds.data_source reads
 _IMAGENET_TARS = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
-CROPS = ("center", "adm", "coltran")
+CROPS = ("center", "adm", "coltran", "nyu")
+# Datasets whose labels are maps, not classes: their features cropped alike with the image
+# (nearest-neighbour resize) and returned under their own keys.
+DENSE_LABELS = {"nyu_depth_v2": ("depth",)}
+# NYU depth's evaluation crop (big_vision's nyu_eval_crop): rows 54..479, columns 41..600.
+NYU_EVAL_BOX = (54, 41, 426, 560, False)
+# Training augmentation: "square" (a random short-side square, MaskGIT's lineage) or
+# "inception" (random area 5-100% and aspect 3/4-4/3, UViM's); both flip.
+TRAIN_CROPS = ("square", "inception")
 
 
 def _hide_accelerators_from_tf() -> None:
@@ -79,8 +87,12 @@ def _builder(dataset_name: str, data_dir: str | None):
         "another name from tfds.list_builders(), or 'image_folder:<dir>'")
   builder = tfds.builder(dataset_name, data_dir=data_dir or files.data_dir())
   features = builder.info.features
-  if ("image" not in features or "label" not in features or
-      not isinstance(features["label"], tfds.features.ClassLabel)):
+  if base_name in DENSE_LABELS:
+    if "image" not in features or not set(DENSE_LABELS[base_name]) <= set(features):
+      raise ValueError(f"dataset_name={dataset_name!r} lacks 'image' or its label maps "
+                       f"{DENSE_LABELS[base_name]}")
+  elif ("image" not in features or "label" not in features or
+        not isinstance(features["label"], tfds.features.ClassLabel)):
     raise ValueError(f"dataset_name={dataset_name!r} lacks an 'image' feature "
                      "and a ClassLabel 'label' feature; pick an image dataset")
   return builder
@@ -263,6 +275,8 @@ class GlobalBatches:
   train: bool
   seed: int
   crop: str
+  train_crop: str = "square"  # TRAIN_CROPS
+  dense: tuple[str, ...] = ()  # dense label maps cropped with the image (DENSE_LABELS)
 
   def record_indices(self, step: int) -> tuple[int, np.ndarray, np.ndarray]:
     """(epoch, positions in the epoch, record indices) of this process's rows at `step`;
@@ -276,25 +290,46 @@ class GlobalBatches:
                        order[np.minimum(positions, self.num_records - 1)], -1)
     return epoch, positions, indices
 
-  def _image(self, encoded: bytes, epoch: int, position: int) -> np.ndarray:
+  def _box(self, shape, epoch: int, position: int) -> tuple:
     if self.train:
       rng = np.random.default_rng([self.seed, epoch, 1, position])
-      return images.random_crop(images.decode(encoded), self.image_size, rng)
-    if self.crop == "adm":
-      return adm_crop.decode_and_crop(encoded, self.image_size).astype(np.float32) / 255.0
-    if self.crop == "coltran":
-      return coltran_crop.decode_and_crop(encoded, self.image_size).astype(np.float32) / 255.0
-    return images.center_crop(images.decode(encoded), self.image_size)
+      if self.train_crop == "inception":
+        return images.inception_box(shape, rng)
+      return images.square_box(shape, rng)
+    return NYU_EVAL_BOX if self.crop == "nyu" else images.centre_box(shape)
+
+  def _example(self, record: dict, epoch: int, position: int) -> dict[str, np.ndarray]:
+    """The row of one record: its image (and dense labels) cropped as the split's mode says."""
+    if not self.train and self.crop == "adm":
+      image = adm_crop.decode_and_crop(record["image"], self.image_size)
+      return {"image": image.astype(np.float32) / 255.0}
+    if not self.train and self.crop == "coltran":
+      image = coltran_crop.decode_and_crop(record["image"], self.image_size)
+      return {"image": image.astype(np.float32) / 255.0}
+    image = images.decode(record["image"])
+    box = self._box(image.shape, epoch, position)
+    row = {"image": images.apply_box(image, box, self.image_size)}
+    for key in self.dense:
+      label = np.asarray(record[key], np.float32)
+      row[key] = images.apply_box_nearest(label, box, self.image_size)
+      if not self.train and self.crop == "nyu":  # the evaluation's ground truth, unresized
+        top, left, height, width, _ = box
+        row[key + "_full"] = label[top:top + height, left:left + width]
+    return row
 
   def __call__(self, step: int) -> dict[str, np.ndarray]:
     epoch, positions, indices = self.record_indices(step)
-    size = self.image_size
-    batch = {"image": np.zeros([self.num_rows, size, size, 3], np.float32),
-             "label": np.zeros([self.num_rows], np.int32), "mask": indices >= 0}
+    batch = {"label": np.zeros([self.num_rows], np.int32), "mask": indices >= 0}
     rows = np.flatnonzero(batch["mask"])
     for row, record in zip(rows, self.source.__getitems__(indices[rows].tolist())):
-      batch["image"][row] = self._image(record["image"], epoch, int(positions[row]))
-      batch["label"][row] = record["label"]
+      for key, value in self._example(record, epoch, int(positions[row])).items():
+        if key not in batch:  # zeros for padding rows
+          batch[key] = np.zeros((self.num_rows, *value.shape), np.float32)
+        batch[key][row] = value
+      batch["label"][row] = record.get("label", 0)
+    if "image" not in batch:  # no real row at all
+      size = self.image_size
+      batch["image"] = np.zeros([self.num_rows, size, size, 3], np.float32)
     if not self.train:
       batch["index"] = np.where(batch["mask"], positions, -1).astype(np.int64)
     return batch
@@ -319,6 +354,7 @@ def create_split(
     num_workers: int = 0,
     exclude_classes: tuple[str, ...] = (),
     record_indices=None,
+    train_crop: str = "square",
 ) -> Iterator[dict[str, np.ndarray]]:
   """This process's rows of the global batches of `split`: {'image', 'label', 'mask'} numpy
   dicts, the global batch being `batch_size` x `process_count` rows.
@@ -340,18 +376,21 @@ def create_split(
       images whose `mask` is False. Default: `train`.
     num_epochs: epochs counted from step 0 (None: forever when training, 1 otherwise).
     crop: without `train`, "center" (crop, then bicubic), "adm" (ADM's reference-batch
-      preprocessing, data/adm_crop.py) or "coltran" (ColTran's: the centre square, area
-      resize; data/coltran_crop.py).
+      preprocessing, data/adm_crop.py), "coltran" (ColTran's: the centre square, area
+      resize; data/coltran_crop.py) or "nyu" (NYU depth's evaluation crop, NYU_EVAL_BOX).
     num_threads: Grain threads building batches ahead of use (0: on demand).
     num_workers: Grain worker processes building them instead (0: none).
     exclude_classes: class names whose examples the split leaves out (read once, in order).
     record_indices: read only these positions of `split`, in this order (the batches'
       'index' counts positions in this list).
+    train_crop: with `train`, one of TRAIN_CROPS.
 
   Returns:
     An iterator of dicts: 'image' float32 [B, image_size, image_size, 3] in [0, 1], 'label'
     int32 [B], 'mask' bool [B]; without `train` also 'index' int64 [B], each example's
-    position in `split` (-1 for padding).
+    position in `split` (-1 for padding). Datasets of DENSE_LABELS have no 'label' (zeros)
+    but their maps, e.g. 'depth' float32 [B, image_size, image_size], cropped like the image;
+    with crop="nyu" also 'depth_full' [B, 426, 560], the evaluation crop unresized.
   """
   _check_positive(batch_size=batch_size, image_size=image_size)
   for name, value in (("seed", seed), ("start_step", start_step),
@@ -362,6 +401,8 @@ def create_split(
     _check_positive(num_epochs=num_epochs)
   if crop not in CROPS:
     raise ValueError(f"crop={crop!r} must be one of {CROPS}")
+  if train_crop not in TRAIN_CROPS:
+    raise ValueError(f"dataset.train_crop={train_crop!r} must be one of {TRAIN_CROPS}")
   if process_index is None:
     process_index = jax.process_index()
   if process_count is None:
@@ -390,7 +431,8 @@ def create_split(
   batches = GlobalBatches(
       source=source, num_records=num_records, global_batch_size=global_batch_size,
       steps_per_epoch=steps_per_epoch, first_row=process_index * batch_size,
-      num_rows=batch_size, image_size=image_size, train=train, seed=seed, crop=crop)
+      num_rows=batch_size, image_size=image_size, train=train, seed=seed, crop=crop,
+      train_crop=train_crop, dense=DENSE_LABELS.get(dataset_name.split("/")[0], ()))
   stop = sys.maxsize if num_epochs is None else num_epochs * steps_per_epoch
   steps = grain.MapDataset.range(start_step, max(start_step, stop)).map(batches)
   dataset = steps.to_iter_dataset(grain.ReadOptions(
@@ -413,5 +455,6 @@ def train_batches(config, global_batch_size: int, start_step: int, keys=("image"
       image_size=d.image_size, train=True, seed=config.seed if seed is None else seed,
       start_step=start_step,
       data_dir=d.data_dir, num_threads=d.num_threads, num_workers=d.num_workers,
-      exclude_classes=tuple(d.get("exclude_classes", ()))):
+      exclude_classes=tuple(d.get("exclude_classes", ())),
+      train_crop=d.get("train_crop", "square")):
     yield {key: batch[key] for key in keys}

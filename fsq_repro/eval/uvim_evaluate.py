@@ -31,7 +31,6 @@ from fsq_repro.eval import coltran, features, fid
 from fsq_repro.eval.usage import CodebookUsage
 from fsq_repro.models import factory
 
-METHODS = ("model", "oracle", "baseline")  # the rows every run's results hold
 
 
 def _eval_batches(config, *, image_size, record_indices=None, crop="center"):
@@ -45,11 +44,11 @@ def _eval_batches(config, *, image_size, record_indices=None, crop="center"):
     yield parallel.global_batch(batch, mesh)
 
 
-def protocol_positions(config):
+def protocol_positions(config, task):
   """(positions of the evaluated images in the eval split or None for all, positions of
   the FID reference images or None for the evaluated images' own ground truth)."""
   d, e = config.dataset, config.eval
-  if e.fid_protocol == "split":
+  if not task.fid or e.fid_protocol == "split":
     return None, None
   shard_lengths = pipeline.shard_lengths(d.name, d.eval_split, data_dir=d.data_dir)
   return coltran.coltran_positions(shard_lengths, e.num_images, e.reference_offset)
@@ -105,32 +104,32 @@ def evaluate(config, workdir: str) -> dict:
   oracle = jax.jit(lambda labels, context: task.predict(coder.decode(
       coder.encode(labels, context), context)))
   scores_fn = jax.jit(task.scores)
-  eval_positions, reference_positions = protocol_positions(config)
+  eval_positions, reference_positions = protocol_positions(config, task)
   usage = CodebookUsage(coder.codebook_size)
   scores, figure = _Scores(), {}
-  crop = "coltran" if e.fid_protocol == "coltran" else "center"
+  crop = "coltran" if task.fid and e.fid_protocol == "coltran" else task.eval_crop
   # ColTran feeds x / 128 - 1 (eval/coltran.py), training's inputs are x / 127.5 - 1.
-  scale = 255.0 / 256.0 if e.fid_protocol == "coltran" else 1.0
+  scale = 255.0 / 256.0 if crop == "coltran" else 1.0
   rng = jax.random.key(config.stage2.seed)
   for i, batch in enumerate(_eval_batches(config, image_size=config.dataset.image_size,
                                           record_indices=eval_positions, crop=crop)):
-    example = prepare({"image": batch["image"] * scale})
+    example = prepare({**batch, "image": batch["image"] * scale})
     mask = parallel.host_array(batch["mask"]).astype(bool)
     codes = coder.encode(example["labels"], example["context"])
     usage.update(parallel.host_array(codes)[mask])
     predictions = {"model": predictor.predict(example, jax.random.fold_in(rng, i),
                                               e.temperature),
-                   "oracle": oracle(example["labels"], example["context"]),
-                   "baseline": task.baseline_prediction(example)}
-    truth = {"picture": task.picture(example["labels"])}
+                   "oracle": oracle(example["labels"], example["context"])}
+    if task.baseline_prediction is not None:
+      predictions["baseline"] = task.baseline_prediction(example)
+    truth = {"picture": task.picture(task.predict(example["labels"]))}
     for method, prediction in predictions.items():
       pictures = parallel.host_array(task.picture(prediction))
       feats = None
       if network is not None:
         feats = next(features.iter_features(network, [{"image": _fid_pictures(config, pictures),
                                                        "mask": mask}]))["pool"]
-      scores.add(method, jax.tree.map(parallel.host_array, scores_fn(prediction,
-                                                                     example["labels"])),
+      scores.add(method, jax.tree.map(parallel.host_array, scores_fn(prediction, example)),
                  mask, feats)
       if len(figure.get(method, ())) < e.figure_images:
         figure.setdefault(method, []).extend(pictures[mask][:e.figure_images])
@@ -156,7 +155,7 @@ def evaluate(config, workdir: str) -> dict:
         for out in features.iter_features(network, [batch]):
           reference.update(out["pool"])
     mu_r, sigma_r = reference.mean_and_covariance()
-    for method in METHODS:
+    for method in predictions:
       mu, sigma = scores.stats[method].mean_and_covariance()
       fids[method] = fid.frechet_distance(mu, sigma, mu_r, sigma_r)
     timing.mark("fid_reference")
@@ -175,11 +174,11 @@ def evaluate(config, workdir: str) -> dict:
       "temperature": e.temperature, "usage": usage.usage, "codes_used": usage.codes_used,
       "baseline": task.baseline,
       **{f"{name}" if method == "model" else f"{method}_{name}": value
-         for method in METHODS for name, value in scores.means(method).items()},
+         for method in predictions for name, value in scores.means(method).items()},
   }
   if network is not None:
-    results.update({"fid": fids["model"], "oracle_fid": fids["oracle"],
-                    "baseline_fid": fids["baseline"], "fid_features": network.name,
+    results.update({**{"fid" if m == "model" else f"{m}_fid": v for m, v in fids.items()},
+                    "fid_features": network.name,
                     "fid_features_source": network.source, "fid_protocol": e.fid_protocol,
                     "fid_reference": ("the evaluated images' ground truth"
                                       if reference_positions is None else
@@ -193,9 +192,10 @@ def evaluate(config, workdir: str) -> dict:
     with files.atomic_write(workdir_lib.results_path(workdir)) as f:
       json.dump(results, f, indent=1)
     workdir_lib.write_run_config(directory, config)
-    summary = ", ".join(f"{k} {results[k]:.4g}" for k in ("psnr", "fid", "oracle_psnr",
-                                                          "oracle_fid", "baseline_psnr",
-                                                          "baseline_fid", "usage")
+    summary = ", ".join(f"{k} {results[k]:.4g}" for k in ("psnr", "fid", "rmse", "oracle_psnr",
+                                                          "oracle_fid", "oracle_rmse",
+                                                          "baseline_psnr", "baseline_fid",
+                                                          "usage")
                         if k in results)
     print(f"eval: {summary}; {usage.codes_used} codes used; wrote "
           f"{workdir_lib.results_path(workdir)} in {results['eval_seconds']:.0f} s", flush=True)

@@ -10,7 +10,7 @@ prediction against the labels. The trainers and the evaluation read a task only 
   example = task.prepare(batch)        # {"labels": {key: [B, H, W, C]}, "context", "image"}
   loss, metrics = task.loss(decoded, example["labels"])
   prediction = task.predict(decoded)
-  scores = task.scores(prediction, example["labels"])   # {name: [B]}
+  scores = task.scores(prediction, example)   # {name: [B]}
 """
 
 import dataclasses
@@ -23,17 +23,26 @@ class Task:
   labels: tuple[tuple[str, int], ...]  # (label key, channels): the autoencoder's heads
   prepare: Callable[[dict], dict]  # batch {"image" in [0, 1], ...} -> labels, context, image
   loss: Callable[[dict, dict], tuple]  # (decoded, labels) -> (scalar loss, {name: scalar})
-  predict: Callable[[dict], dict]  # decoded labels -> a prediction in the labels' encoding
-  picture: Callable[[dict], object]  # prediction or labels -> RGB [B, H, W, 3] in [0, 1]
-  scores: Callable[[dict, dict], dict]  # (prediction, labels) -> {name: per-example [B]}
+  predict: Callable[[dict], dict]  # decoded labels -> a prediction
+  picture: Callable[[dict], object]  # prediction -> RGB [B, H, W, 3] in [0, 1]
+  scores: Callable[[dict, dict], dict]  # (prediction, prepared example) -> {name: [B]}
   fid: bool  # whether pictures of predictions are scored by FID against real images
-  baseline: str  # the prediction made without a model, e.g. "gray input"
-  baseline_prediction: Callable[[dict], dict]  # prepared example -> that prediction
+  eval_crop: str = "center"  # the input pipeline's crop of evaluation images
+  baseline: str | None = None  # the prediction made without a model, e.g. "gray input"
+  baseline_prediction: Callable[[dict], dict] | None = None  # prepared example -> it
+  maps: tuple[str, ...] = ()  # the dense label maps [B, H, W] its batches carry ("depth")
+
+
+def zeros_batch(task: Task, size: int) -> dict:
+  """A one-example batch of zeros as the input pipeline gives it to `task` (for shapes)."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  return {"image": jnp.zeros((1, size, size, 3), jnp.float32),
+          **{key: jnp.zeros((1, size, size), jnp.float32) for key in task.maps}}
 
 
 def _registry() -> dict[str, Task]:
-  from fsq_repro.tasks import colorization  # pylint: disable=g-import-not-at-top
-  return {task.name: task for task in (colorization.TASK,)}
+  from fsq_repro.tasks import colorization, depth  # pylint: disable=g-import-not-at-top
+  return {task.name: task for task in (colorization.TASK, depth.TASK)}
 
 
 def names() -> tuple[str, ...]:

@@ -39,9 +39,9 @@ def picture(prediction: dict):
   return (prediction["color"] + 1.0) / 2.0
 
 
-def scores(prediction: dict, labels: dict) -> dict:
+def scores(prediction: dict, example: dict) -> dict:
   """PSNR in dB of each picture against the ground truth's, both in [0, 1]."""
-  error = (picture(prediction) - picture(labels)) ** 2
+  error = (picture(prediction) - picture(example["labels"])) ** 2
   mse = jnp.mean(error.reshape(error.shape[0], -1), axis=-1)
   return {"psnr": 10.0 * jnp.log10(1.0 / jnp.maximum(mse, 1e-10))}
 

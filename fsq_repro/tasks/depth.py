@@ -5,12 +5,16 @@ clipped to 0..bins-1, one-hot over the channel axis (the label autoencoder's 256
 output channels). Stage I's loss is the per-pixel cross-entropy of the decoded logits,
 pixels whose ground-truth bin is 0 (no depth signal: d = 0) contributing zero, averaged over
 all pixels. A prediction is the argmax bin's centre, (bin + 0.5) / bins * (max - min) + min.
-Metrics: eval/depth.py. Not yet a registered task: the input pipeline reads image/label
-datasets only (issue 18 adds nyu_depth_v2's depth maps).
+The context and the task model's input are the RGB image in [-1, 1]. Scores: eval/depth.py's
+per-image metrics against the evaluation crop's unresized ground truth ("depth_full", from
+the pipeline's crop="nyu"), else against the labels' bin centres. No model-free baseline.
 """
 
 import jax
 import jax.numpy as jnp
+
+from fsq_repro import tasks
+from fsq_repro.eval import depth as depth_metrics
 
 NUM_BINS = 256
 MIN_DEPTH, MAX_DEPTH = 1e-3, 10.0
@@ -48,3 +52,29 @@ def predict(decoded: dict) -> dict:
   """Decoded logits -> {"depth": metres [B, H, W]} at the argmax bins' centres."""
   logits = decoded["depth"]
   return {"depth": from_bins(jnp.argmax(logits, axis=-1), logits.shape[-1])}
+
+
+def prepare(batch: dict) -> dict:
+  image = batch["image"] * 2.0 - 1.0
+  example = {"labels": {"depth": encode(batch["depth"])}, "context": image, "image": image}
+  if "depth_full" in batch:
+    example["truth"] = batch["depth_full"]
+  return example
+
+
+def picture(prediction: dict):
+  """Depth as gray, near dark and far (MAX_DEPTH) white."""
+  gray = jnp.clip(prediction["depth"] / MAX_DEPTH, 0.0, 1.0)
+  return jnp.repeat(gray[..., None], 3, axis=-1)
+
+
+def scores(prediction: dict, example: dict) -> dict:
+  truth = example.get("truth")
+  if truth is None:
+    truth = predict(example["labels"])["depth"]
+  return depth_metrics.image_metrics(truth, prediction["depth"])
+
+
+TASK = tasks.Task(name="depth", labels=(("depth", NUM_BINS),), prepare=prepare, loss=loss,
+                  predict=predict, picture=picture, scores=scores, fid=False, eval_crop="nyu",
+                  maps=("depth",))

@@ -41,8 +41,7 @@ def make_optimizer(s: ml_collections.ConfigDict, lr_multiplier=None):
 
 def example_shapes(config, task: tasks.Task) -> dict:
   """A one-example batch of zeros, as the pipeline gives it, prepared by the task."""
-  size = config.dataset.image_size
-  return task.prepare({"image": jnp.zeros((1, size, size, 3), jnp.float32)})
+  return task.prepare(tasks.zeros_batch(task, config.dataset.image_size))
 
 
 def create_train_state(rng, *, model, optimizer, example) -> UvimStage1State:
@@ -96,7 +95,8 @@ def setup(config: ml_collections.ConfigDict) -> loop.Setup:
       init=functools.partial(create_train_state, model=model, optimizer=optimizer,
                              example=example_shapes(config, task)),
       train_step=functools.partial(train_step, model=model, task=task, optimizer=optimizer),
-      batches=functools.partial(pipeline.train_batches, config, s.batch_size),
+      batches=functools.partial(pipeline.train_batches, config, s.batch_size,
+                                keys=("image", *task.maps)),
       init_rng=rng, step_rng=jax.random.fold_in(rng, 1), summary=summary)
 
 

@@ -99,7 +99,8 @@ def setup(config: ml_collections.ConfigDict, coder: api.LabelCoder) -> loop.Setu
                              encoder_init=s.encoder_init),
       train_step=functools.partial(train_step, model=model, coder_model=coder.model,
                                    task=coder.task, optimizer=optimizer),
-      batches=functools.partial(pipeline.train_batches, config, s.batch_size, seed=s.seed),
+      batches=functools.partial(pipeline.train_batches, config, s.batch_size,
+                                keys=("image", *coder.task.maps), seed=s.seed),
       init_rng=jax.random.fold_in(rng, 2), step_rng=jax.random.fold_in(rng, 3),
       summary=summary, frozen=coder.variables)
 
