@@ -59,7 +59,8 @@ def mean_std(values: list[float]) -> str:
     return "-"
   if len(values) == 1:
     return f"{values[0]:.4g}"
-  return f"{np.mean(values):.4g} +- {np.std(values, ddof=1):.2g}"
+  std = 0.0 if np.allclose(values, values[0], rtol=1e-12, atol=0) else np.std(values, ddof=1)
+  return f"{np.mean(values):.4g} +- {std:.2g}"
 
 
 def rows(results: list[dict]) -> dict:
@@ -133,7 +134,8 @@ def draw_figure6(sweep: str, results: list[dict], path: str) -> bool:
       axes[i, j].set_xticks([])
       axes[i, j].set_yticks([])
     axes[i, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
-  fig.suptitle("UViM colorization of validation crops (Figure 6's layout)", fontsize=9)
+  fig.suptitle(f"UViM {results[0]['task']} of the first validation images (Figure 6's layout)",
+               fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
