@@ -201,7 +201,8 @@ def train_step_report(step, state, args, *, batch_size: int, steps: int,
   flops = report["flops_per_step_per_device"]
   report.update(step_s=seconds, images_per_s=batch_size / seconds,
                 flops_per_s_per_device=flops / seconds)
-  if jax.default_backend() == "cpu":  # how much of the CPU this process got
+  # How much of the CPU this process got (none measurable: a step shorter than the clock's tick)
+  if jax.default_backend() == "cpu" and cpu_seconds > 0:
     report.update(flops_per_cpu_s=flops / cpu_seconds,
                   cpu_share=cpu_seconds / (seconds * os.cpu_count()))
   return report

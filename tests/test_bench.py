@@ -67,7 +67,7 @@ def test_uvim_steps_are_timed_with_their_flops(stage, monkeypatch):
   import bench
   config = tiny_configs.tiny_uvim_config("quantizer=vq")
   bench_stage = bench.bench_uvim_stage1 if stage == "stage1" else bench.bench_uvim_stage2
-  report = bench_stage(config, parallel.make_mesh(), steps=1)
+  report = bench_stage(config, parallel.make_mesh(), steps=3)
   step = report if stage == "stage1" else report["teacher_forcing"]
   assert step["batch_size"] == 8 and step["step_s"] > 0
   assert step["flops_per_step_per_device"] > 0 and step["images_per_s"] > 0
