@@ -28,16 +28,6 @@ def get_config(arg: str | None = None):
   return c
 
 
-SEEDS = (0, 1, 2)  # Stage II seeds per row; the seeds of a row share its Stage I
-
-
 def get_sweep() -> list[dict]:
-  """Table 2's colorization rows (VQ, FSQ), three Stage II seeds each."""
-  runs = []
-  for name, arg in (("vq", "quantizer=vq"), ("fsq", "quantizer=fsq")):
-    for seed in SEEDS:
-      run = {"name": f"{name}_seed{seed}", "arg": f"{arg},seed={seed}"}
-      if seed != SEEDS[0]:
-        run["stage1_from"] = f"{name}_seed{SEEDS[0]}"
-      runs.append(run)
-  return runs
+  """Table 2's colorization rows (VQ, FSQ), three Stage II seeds each sharing a Stage I."""
+  return uvim_config.seeded_sweep((("vq", "quantizer=vq"), ("fsq", "quantizer=fsq")))

@@ -44,17 +44,7 @@ def get_config(arg: str | None = None):
   return c
 
 
-SEEDS = (0, 1, 2)
-
-
 def get_sweep() -> list[dict]:
   """Table 2's depth rows (VQ, FSQ, VQ without splitting), three Stage II seeds each."""
-  runs = []
-  for name, arg in (("vq", "quantizer=vq"), ("fsq", "quantizer=fsq"),
-                    ("vq_no_splitting", "quantizer=vq,splitting=0")):
-    for seed in SEEDS:
-      run = {"name": f"{name}_seed{seed}", "arg": f"{arg},seed={seed}"}
-      if seed != SEEDS[0]:
-        run["stage1_from"] = f"{name}_seed{SEEDS[0]}"
-      runs.append(run)
-  return runs
+  return uvim_config.seeded_sweep((("vq", "quantizer=vq"), ("fsq", "quantizer=fsq"),
+                                   ("vq_no_splitting", "quantizer=vq,splitting=0")))

@@ -155,6 +155,19 @@ def from_args(arg: str | None, **extra_args):
   return c, args
 
 
+def seeded_sweep(rows, seeds=(0, 1, 2)) -> list[dict]:
+  """Table 2's sweep: each row (name, arguments) once per Stage II seed; the first seed's run
+  trains the row's Stage I, the others read it ("stage1_from", scripts/sweep.py)."""
+  runs = []
+  for name, arg in rows:
+    for seed in seeds:
+      run = {"name": f"{name}_seed{seed}", "arg": f"{arg},seed={seed}"}
+      if seed != seeds[0]:
+        run["stage1_from"] = f"{name}_seed{seeds[0]}"
+      runs.append(run)
+  return runs
+
+
 def validate(config, *, num_devices: int, stage: str) -> None:
   """Raises ValueError with one line naming the field and the fix; runs before compilation."""
   task = tasks.get(config.task.name)

@@ -95,8 +95,9 @@ def fake_eval(workdir, config):
   workdir_lib.write_run_config(workdir_lib.eval_dir(str(workdir)), config)
 
 
-def demo_config(arg="quantizer=fsq,codebook_bits=6", **fields):
-  config = demo.get_config(arg)
+def demo_config(arg="quantizer=fsq,codebook_bits=6", *, get_config=demo.get_config, **fields):
+  """`get_config(arg)` with `section__name=value` fields set."""
+  config = get_config(arg)
   for path, value in fields.items():
     section, name = path.split("__")
     config[section][name] = value
@@ -146,11 +147,7 @@ def test_bad_stage1_config_fails_in_one_line(run_main, jobs, tmp_path, make_conf
 
 
 def uvim_config(arg="quantizer=fsq", **fields):
-  config = uvim_demo.get_config(arg)
-  for path, value in fields.items():
-    section, name = path.split("__")
-    config[section][name] = value
-  return config
+  return demo_config(arg, get_config=uvim_demo.get_config, **fields)
 
 
 @pytest.mark.parametrize("make_config,mode,message", [

@@ -194,11 +194,12 @@ def test_to_fid_size_matches_tf():
   np.testing.assert_array_equal(got, expected)
 
 
-def test_normalize_and_grayscale_match_tf():
+def test_scaled_pipeline_images_give_coltrans_normalised_gray_input():
+  from fsq_repro.tasks import colorization
   image = np.random.default_rng(4).integers(0, 256, (2, 9, 7, 3), np.uint8)
-  normalized = coltran.normalize(image)
-  np.testing.assert_allclose(normalized, image / 128.0 - 1.0, atol=1e-6)
+  normalized = image / 128.0 - 1.0  # ColTran's _normalize
+  example = colorization.prepare({"image": (image / 255.0 * coltran.INPUT_SCALE)
+                                  .astype(np.float32)})
+  np.testing.assert_allclose(example["labels"]["color"], normalized, atol=1e-6)
   expected = tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(normalized))
-  got = coltran.grayscale(normalized)
-  assert got.dtype == np.float32 and got.shape == normalized.shape
-  np.testing.assert_allclose(got, expected.numpy(), rtol=0, atol=1e-6)
+  np.testing.assert_allclose(example["context"], expected.numpy(), rtol=0, atol=1e-6)

@@ -29,8 +29,6 @@ from fsq_repro.data.coltran_crop import area_resize
 TFDS_CYCLE_LENGTH = 16
 TFDS_BLOCK_LENGTH = 16
 
-# tf.image.rgb_to_grayscale's luma weights (tensorflow image_ops_impl.py).
-RGB_TO_GRAY = np.array([0.2989, 0.5870, 0.1140], np.float32)
 
 
 def tfds_read_order(shard_lengths, cycle_length=TFDS_CYCLE_LENGTH,
@@ -90,15 +88,9 @@ def coltran_positions(shard_lengths, num_images=5000, reference_offset=10000):
   return order[:num_images], order[reference_offset:needed]
 
 
-def normalize(image) -> np.ndarray:
-  """ColTran's [0, 255] -> [-1, 1] map, x / 128 - 1, as float32."""
-  return np.asarray(image, np.float32) / 128.0 - 1.0
-
-
-def grayscale(image) -> np.ndarray:
-  """tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(image)), float32."""
-  gray = np.asarray(image, np.float32) @ RGB_TO_GRAY
-  return np.repeat(gray[..., None], 3, axis=-1)
+# ColTran feeds the model x / 128 - 1 of the uint8 image x; the input pipeline's [0, 1]
+# images times this, through colorization's x * 2 - 1, give exactly that.
+INPUT_SCALE = 255.0 / 256.0
 
 
 def to_fid_size(colorized, size=256) -> np.ndarray:

@@ -109,7 +109,7 @@ def evaluate(config, workdir: str) -> dict:
   scores, figure = _Scores(), {}
   crop = "coltran" if task.fid and e.fid_protocol == "coltran" else task.eval_crop
   # ColTran feeds x / 128 - 1 (eval/coltran.py), training's inputs are x / 127.5 - 1.
-  scale = 255.0 / 256.0 if crop == "coltran" else 1.0
+  scale = coltran.INPUT_SCALE if crop == "coltran" else 1.0
   rng = jax.random.key(config.stage2.seed)
   for i, batch in enumerate(_eval_batches(config, image_size=config.dataset.image_size,
                                           record_indices=eval_positions, crop=crop)):
