@@ -17,7 +17,7 @@ from fsq_repro import tasks
 from fsq_repro.eval import depth as depth_metrics
 
 NUM_BINS = 256
-MIN_DEPTH, MAX_DEPTH = 1e-3, 10.0
+MIN_DEPTH, MAX_DEPTH = depth_metrics.MIN_DEPTH, depth_metrics.MAX_DEPTH  # NYU's valid range
 
 
 def to_bins(depth, num_bins: int = NUM_BINS, min_depth: float = MIN_DEPTH,
