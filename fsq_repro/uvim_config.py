@@ -126,6 +126,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.feature_network = "auto"
   c.eval.inception_weights = ml_collections.FieldReference(None, field_type=str)
   c.eval.figure_images = 8  # predictions saved for figure6.png
+  # Panoptic: COCO's panoptic_coco_categories.json, for COCO's category ids and thing/stuff
+  # flags in the written predictions; None numbers the categories 1..133 as TFDS orders them.
+  c.eval.panoptic_categories = ml_collections.FieldReference(None, field_type=str)
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.fsdp = False
@@ -209,10 +212,20 @@ def validate(config, *, num_devices: int, stage: str) -> None:
     raise ValueError(f"stage2.encoder_init={init!r} is not a file; give an AugReg ViT .npz "
                      "(e.g. ViT-L/16 ImageNet-21k) or None to train the encoder from scratch")
   from fsq_repro.data import pipeline  # pylint: disable=g-import-not-at-top
+  needs, carries = set(task.maps), set(pipeline.dense_maps(config.dataset.name))
+  if not needs <= carries:
+    datasets = [name for name, (_, maps) in pipeline.DENSE_LABELS.items() if needs <= set(maps)]
+    raise ValueError(f"dataset.name={config.dataset.name!r} does not give task.name="
+                     f"{config.task.name!r} its labels ({', '.join(sorted(needs))}); "
+                     f"use {' or '.join(map(repr, datasets))}")
   if config.dataset.train_crop not in pipeline.TRAIN_CROPS:
     raise ValueError(f"dataset.train_crop={config.dataset.train_crop!r} is unknown; use one of "
                      f"{pipeline.TRAIN_CROPS}")
   if stage == "eval":
+    categories = config.eval.panoptic_categories
+    if categories and not os.path.isfile(categories):
+      raise ValueError(f"eval.panoptic_categories={categories!r} is not a file; give COCO's "
+                       "panoptic_coco_categories.json or None")
     if not config.eval.temperature > 0:
       raise ValueError(f"eval.temperature={config.eval.temperature} must be > 0 (1e-7 is greedy)")
     from fsq_repro.eval import features  # pylint: disable=g-import-not-at-top

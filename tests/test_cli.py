@@ -163,8 +163,14 @@ def uvim_config(arg="quantizer=fsq", **fields):
      "stage2.encoder_init="),
     (lambda tmp: uvim_config(eval__temperature=0.0), "eval", "eval.temperature=0.0 must be > 0"),
     (lambda tmp: uvim_config(), "sample", "--mode=sample is not one of UViM's"),
+    (lambda tmp: uvim_config(task__name="panoptic"), "stage1",
+     "dataset.name='fsq_photo_crops' does not give task.name='panoptic' its labels (instances, "
+     "semantics); use 'coco/2017_panoptic'"),
+    (lambda tmp: uvim_config(eval__panoptic_categories=str(tmp / "cats.json")), "eval",
+     "eval.panoptic_categories="),
 ], ids=["zero_code_with_odd_fsq", "code_len_not_square", "unknown_task", "vq_momentum",
-        "unknown_excluded_class", "missing_vit_npz", "zero_temperature", "sample_mode"])
+        "unknown_excluded_class", "missing_vit_npz", "zero_temperature", "sample_mode",
+        "panoptic_on_images", "missing_panoptic_categories"])
 def test_bad_uvim_config_fails_in_one_line(run_main, jobs, tmp_path, make_config, mode, message):
   code, _, stderr = run_main(make_config(tmp_path), mode, tmp_path / "run")
   assert code == 2

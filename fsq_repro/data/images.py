@@ -32,12 +32,14 @@ def resize(square: np.ndarray, size: int) -> np.ndarray:
   return np.stack([np.asarray(c) for c in channels], axis=-1)
 
 
-def resize_nearest(label: np.ndarray, size: int) -> np.ndarray:
-  """[H, W, ...] -> [size, size, ...] by nearest neighbour at pixel centres
-  (`tf.image.resize(method="nearest")`): for label maps, whose values must not blend."""
-  rows = np.minimum(((np.arange(size) + 0.5) * label.shape[0] / size).astype(np.int64),
+def resize_nearest(label: np.ndarray, size) -> np.ndarray:
+  """[H, W, ...] -> [size, size, ...] (or [h, w, ...] for size (h, w)) by nearest neighbour at
+  pixel centres (`tf.image.resize(method="nearest")`, jax.image.resize's "nearest"): for label
+  maps, whose values must not blend."""
+  height, width = (size, size) if np.ndim(size) == 0 else size
+  rows = np.minimum(((np.arange(height) + 0.5) * label.shape[0] / height).astype(np.int64),
                     label.shape[0] - 1)
-  cols = np.minimum(((np.arange(size) + 0.5) * label.shape[1] / size).astype(np.int64),
+  cols = np.minimum(((np.arange(width) + 0.5) * label.shape[1] / width).astype(np.int64),
                     label.shape[1] - 1)
   return label[rows][:, cols]
 

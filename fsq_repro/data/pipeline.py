@@ -44,6 +44,7 @@ import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
 from fsq_repro import files, parallel  # pylint: disable=g-import-not-at-top
 from fsq_repro.data import adm_crop  # pylint: disable=g-import-not-at-top
+from fsq_repro.data import coco_panoptic  # pylint: disable=g-import-not-at-top
 from fsq_repro.data import coltran_crop  # pylint: disable=g-import-not-at-top
 from fsq_repro.data import embedded  # pylint: disable=g-import-not-at-top
 from fsq_repro.data import image_folder  # pylint: disable=g-import-not-at-top
@@ -52,10 +53,13 @@ from fsq_repro.data import images  # pylint: disable=g-import-not-at-top
 EMBEDDED_DATASET = embedded.FsqPhotoCrops.name  # "fsq_photo_crops"
 FILE_FORMAT = "array_record"  # random access, what tfds.data_source reads
 _IMAGENET_TARS = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
-CROPS = ("center", "adm", "coltran", "nyu")
-# Datasets whose labels are maps, not classes: their features cropped alike with the image
-# (nearest-neighbour resize) and returned under their own keys.
-DENSE_LABELS = {"nyu_depth_v2": ("depth",)}
+CROPS = ("center", "adm", "coltran", "nyu", "full")
+# Datasets whose labels are maps, not classes: dataset -> (the record features they are read
+# from, the maps a batch carries under their own keys, cropped alike with the image with
+# nearest-neighbour resizes). COCO panoptic's maps are data/coco_panoptic.py's.
+DENSE_LABELS = {"nyu_depth_v2": (("depth",), ("depth",)),
+                "coco/2017_panoptic": (("panoptic_image", "panoptic_objects"),
+                                       ("semantics", "instances"))}
 # NYU depth's evaluation crop (big_vision's nyu_eval_crop): rows 54..479, columns 41..600.
 NYU_EVAL_BOX = (54, 41, 426, 560, False)
 # Training augmentation: "square" (a random short-side square, MaskGIT's lineage) or
@@ -75,6 +79,35 @@ def _hide_accelerators_from_tf() -> None:
 _hide_accelerators_from_tf()
 
 
+def dense_dataset(dataset_name: str) -> str | None:
+  """The DENSE_LABELS entry of `dataset_name` (any version, config or slice), or None."""
+  name = dataset_name.split(":")[0]
+  for key in (name, name.split("/")[0]):
+    if key in DENSE_LABELS:
+      return key
+  return None
+
+
+def dense_maps(dataset_name: str) -> tuple[str, ...]:
+  """The label maps batches of `dataset_name` carry: () for class-labelled datasets."""
+  key = dense_dataset(dataset_name)
+  return DENSE_LABELS[key][1] if key else ()
+
+
+def _read_maps(dense: str, record: dict) -> dict[str, np.ndarray]:
+  """A record's full-size label maps (float32 depth in metres; COCO's int label maps)."""
+  if dense == "coco/2017_panoptic":
+    return coco_panoptic.label_maps(record)
+  return {key: np.asarray(record[key], np.float32) for key in DENSE_LABELS[dense][1]}
+
+
+def _finish_maps(dense: str, maps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Label maps after the crop: COCO's instance ids renumbered canonically."""
+  if dense == "coco/2017_panoptic":
+    return {**maps, "instances": coco_panoptic.canonical_instances(maps["instances"])}
+  return maps
+
+
 def _builder(dataset_name: str, data_dir: str | None):
   """The TFDS builder of a known image/label dataset (maybe not prepared)."""
   if image_folder.is_image_folder(dataset_name):  # a user's folder: see image_folder.py
@@ -87,10 +120,11 @@ def _builder(dataset_name: str, data_dir: str | None):
         "another name from tfds.list_builders(), or 'image_folder:<dir>'")
   builder = tfds.builder(dataset_name, data_dir=data_dir or files.data_dir())
   features = builder.info.features
-  if base_name in DENSE_LABELS:
-    if "image" not in features or not set(DENSE_LABELS[base_name]) <= set(features):
-      raise ValueError(f"dataset_name={dataset_name!r} lacks 'image' or its label maps "
-                       f"{DENSE_LABELS[base_name]}")
+  dense = dense_dataset(dataset_name)
+  if dense:
+    if "image" not in features or not set(DENSE_LABELS[dense][0]) <= set(features):
+      raise ValueError(f"dataset_name={dataset_name!r} lacks 'image' or the features of its "
+                       f"label maps {DENSE_LABELS[dense][0]}")
   elif ("image" not in features or "label" not in features or
         not isinstance(features["label"], tfds.features.ClassLabel)):
     raise ValueError(f"dataset_name={dataset_name!r} lacks an 'image' feature "
@@ -176,6 +210,11 @@ def shard_lengths(dataset_name: str, split: str, *, data_dir: str | None = None)
   return list(_prepared_builder(dataset_name, data_dir).info.splits[split].shard_lengths)
 
 
+def features(dataset_name: str, *, data_dir: str | None = None):
+  """The TFDS features of `dataset_name` (needs no prepared data)."""
+  return _builder(dataset_name, data_dir).info.features
+
+
 def num_classes(dataset_name: str, *, data_dir: str | None = None) -> int:
   """Number of label classes of `dataset_name` (needs no prepared data)."""
   return _builder(dataset_name, data_dir).info.features["label"].num_classes
@@ -190,8 +229,9 @@ def records(dataset_name: str, split: str, *, data_dir: str | None = None):
     raise ValueError(f"split={split!r} of {builder.name}: {e}") from e
   if FILE_FORMAT not in {f.value for f in builder.info.available_file_formats()}:
     builder.info.add_alternative_file_format(FILE_FORMAT)  # the copy of _add_array_record
-  return builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()},
-                                file_format=FILE_FORMAT)
+  encoded = {key: tfds.decode.SkipDecoding() for key in ("image", "panoptic_image")
+             if key in builder.info.features}  # decoded in our pipeline (PIL)
+  return builder.as_data_source(split, decoders=encoded, file_format=FILE_FORMAT)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -276,7 +316,7 @@ class GlobalBatches:
   seed: int
   crop: str
   train_crop: str = "square"  # TRAIN_CROPS
-  dense: tuple[str, ...] = ()  # dense label maps cropped with the image (DENSE_LABELS)
+  dense: str | None = None  # the DENSE_LABELS entry whose maps are cropped with the image
 
   def record_indices(self, step: int) -> tuple[int, np.ndarray, np.ndarray]:
     """(epoch, positions in the epoch, record indices) of this process's rows at `step`;
@@ -296,7 +336,11 @@ class GlobalBatches:
       if self.train_crop == "inception":
         return images.inception_box(shape, rng)
       return images.square_box(shape, rng)
-    return NYU_EVAL_BOX if self.crop == "nyu" else images.centre_box(shape)
+    if self.crop == "nyu":
+      return NYU_EVAL_BOX
+    if self.crop == "full":
+      return 0, 0, shape[0], shape[1], False
+    return images.centre_box(shape)
 
   def _example(self, record: dict, epoch: int, position: int) -> dict[str, np.ndarray]:
     """The row of one record: its image (and dense labels) cropped as the split's mode says."""
@@ -309,13 +353,17 @@ class GlobalBatches:
     image = images.decode(record["image"])
     box = self._box(image.shape, epoch, position)
     row = {"image": images.apply_box(image, box, self.image_size)}
-    for key in self.dense:
-      label = np.asarray(record[key], np.float32)
-      row[key] = images.apply_box_nearest(label, box, self.image_size)
-      if not self.train and self.crop == "nyu":  # the evaluation's ground truth, unresized
-        top, left, height, width, _ = box
-        row[key + "_full"] = label[top:top + height, left:left + width]
-    return row
+    if self.dense is None:
+      return row
+    maps = _read_maps(self.dense, record)
+    row.update(_finish_maps(self.dense, {
+        key: images.apply_box_nearest(label, box, self.image_size)
+        for key, label in maps.items()}))
+    if not self.train and self.crop == "nyu":  # the evaluation's ground truth, unresized
+      top, left, height, width, _ = box
+      row.update({key + "_full": label[top:top + height, left:left + width]
+                  for key, label in maps.items()})
+    return {key: value.astype(np.float32) for key, value in row.items()}
 
   def __call__(self, step: int) -> dict[str, np.ndarray]:
     epoch, positions, indices = self.record_indices(step)
@@ -326,7 +374,8 @@ class GlobalBatches:
         if key not in batch:  # zeros for padding rows
           batch[key] = np.zeros((self.num_rows, *value.shape), np.float32)
         batch[key][row] = value
-      batch["label"][row] = record.get("label", 0)
+      label = record.get("label", 0)
+      batch["label"][row] = label if np.ndim(label) == 0 else 0
     if "image" not in batch:  # no real row at all
       size = self.image_size
       batch["image"] = np.zeros([self.num_rows, size, size, 3], np.float32)
@@ -377,7 +426,8 @@ def create_split(
     num_epochs: epochs counted from step 0 (None: forever when training, 1 otherwise).
     crop: without `train`, "center" (crop, then bicubic), "adm" (ADM's reference-batch
       preprocessing, data/adm_crop.py), "coltran" (ColTran's: the centre square, area
-      resize; data/coltran_crop.py) or "nyu" (NYU depth's evaluation crop, NYU_EVAL_BOX).
+      resize; data/coltran_crop.py), "nyu" (NYU depth's evaluation crop, NYU_EVAL_BOX) or
+      "full" (the whole image stretched to a square, UViM's COCO panoptic evaluation).
     num_threads: Grain threads building batches ahead of use (0: on demand).
     num_workers: Grain worker processes building them instead (0: none).
     exclude_classes: class names whose examples the split leaves out (read once, in order).
@@ -390,7 +440,8 @@ def create_split(
     int32 [B], 'mask' bool [B]; without `train` also 'index' int64 [B], each example's
     position in `split` (-1 for padding). Datasets of DENSE_LABELS have no 'label' (zeros)
     but their maps, e.g. 'depth' float32 [B, image_size, image_size], cropped like the image;
-    with crop="nyu" also 'depth_full' [B, 426, 560], the evaluation crop unresized.
+    with crop="nyu" also 'depth_full' [B, 426, 560], the evaluation crop unresized. COCO
+    panoptic's are 'semantics' and 'instances' (integers, as float32; coco_panoptic.py).
   """
   _check_positive(batch_size=batch_size, image_size=image_size)
   for name, value in (("seed", seed), ("start_step", start_step),
@@ -432,7 +483,7 @@ def create_split(
       source=source, num_records=num_records, global_batch_size=global_batch_size,
       steps_per_epoch=steps_per_epoch, first_row=process_index * batch_size,
       num_rows=batch_size, image_size=image_size, train=train, seed=seed, crop=crop,
-      train_crop=train_crop, dense=DENSE_LABELS.get(dataset_name.split("/")[0], ()))
+      train_crop=train_crop, dense=dense_dataset(dataset_name))
   stop = sys.maxsize if num_epochs is None else num_epochs * steps_per_epoch
   steps = grain.MapDataset.range(start_step, max(start_step, stop)).map(batches)
   dataset = steps.to_iter_dataset(grain.ReadOptions(

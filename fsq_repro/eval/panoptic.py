@@ -200,7 +200,7 @@ def _json_safe(value):
   return value.item() if isinstance(value, np.generic) else value
 
 
-def write_panoptic(directory, predictions):
+def write_panoptic(directory, predictions, categories=None):
   """Writes COCO panoptic PNGs into `directory` and their JSON as `<directory>.json`.
 
   `<directory>.json` is where panopticapi's `pq_compute` looks for the folder by default.
@@ -209,20 +209,32 @@ def write_panoptic(directory, predictions):
     directory: folder for the PNGs (created if missing).
     predictions: (image_id, file_name, ids [H, W], segments) tuples; each segment dict needs
       "id" and "category_id", other keys (e.g. gt's "iscrowd", "area") are written as well.
+    categories: for a ground-truth JSON, the category dicts it lists (pq_compute reads them).
 
   Returns:
     The JSON's path.
   """
   os.makedirs(directory, exist_ok=True)
-  annotations = []
-  for image_id, file_name, ids, segments in predictions:
-    Image.fromarray(id_to_rgb(ids)).save(os.path.join(directory, file_name))
-    annotations.append({
-        "image_id": _json_safe(image_id), "file_name": file_name,
-        "segments_info": [{k: _json_safe(v) for k, v in s.items()} for s in segments]})
+  annotations = [write_png(directory, *prediction) for prediction in predictions]
+  return write_json(directory, annotations, categories)
+
+
+def write_png(directory, image_id, file_name, ids, segments) -> dict:
+  """Writes one image's PNG into `directory`; returns its annotation for `write_json`."""
+  os.makedirs(directory, exist_ok=True)
+  Image.fromarray(id_to_rgb(ids)).save(os.path.join(directory, file_name))
+  return {"image_id": _json_safe(image_id), "file_name": file_name,
+          "segments_info": [{k: _json_safe(v) for k, v in s.items()} for s in segments]}
+
+
+def write_json(directory, annotations, categories=None) -> str:
+  """`<directory>.json` of the annotations write_png returned (and the categories)."""
+  data = {"annotations": annotations}
+  if categories is not None:
+    data["categories"] = list(categories)
   json_path = os.path.normpath(directory) + ".json"
   with open(json_path, "w") as f:
-    json.dump({"annotations": annotations}, f)
+    json.dump(data, f)
   return json_path
 
 
@@ -272,3 +284,100 @@ def pq_from_files(gt_json, gt_folder, pred_json, pred_folder, categories=None):
       raise ValueError(f"{path} (image {gt['image_id']}): {error}") from None
     merge_stats(stats, image)
   return pq_results(stats, categories)
+
+
+def two_channel_segments(semantics, instances, by_label):
+  """(segment ids [H, W], segments) of a (semantic label, instance) map pair, as
+  panopticapi's 2channels2panoptic_coco_format converter makes them: a segment per distinct
+  (label, instance) pair with label != 0 (void), except that a stuff category is one segment
+  whatever its instances (the converter gives stuff its category's colour, hence one id).
+
+  Args:
+    semantics, instances: int [H, W]; semantic labels index `by_label`.
+    by_label: {semantic label: {"id": COCO category id, "isthing": 0 or 1, ...}}.
+  """
+  semantics, instances = np.asarray(semantics, np.int64), np.asarray(instances, np.int64)
+  unknown = sorted(set(np.unique(semantics).tolist()) - set(by_label) - {VOID})
+  if unknown:
+    raise ValueError(f"semantic labels {unknown} are not categories (1..{len(by_label)})")
+  things = np.asarray([0] + [by_label[i]["isthing"] for i in range(1, max(by_label) + 1)])
+  # Stuff keeps one segment per label: its instance is ignored.
+  pairs = semantics * OFFSET + np.where(things[semantics] == 1, instances, 0)
+  ids = np.zeros(semantics.shape, np.int64)
+  segments = []
+  for pair in np.unique(pairs[semantics != VOID]):
+    segment_id = len(segments) + 1
+    ids[pairs == pair] = segment_id
+    segments.append({"id": segment_id, "category_id": by_label[int(pair // OFFSET)]["id"]})
+  return ids, segments
+
+
+class PanopticEvaluation:
+  """PQ of predicted (semantics, instances) maps against a COCO panoptic split's ground truth.
+
+  Each prediction is resized (nearest) back to its image's full size, made into segments
+  (`two_channel_segments`) and scored against the record's panoptic PNG and segments
+  (data/coco_panoptic.ground_truth) with `pq_stat_image`. With `directory`, the "model"
+  method's predictions and the ground truth are also written in COCO's panoptic format,
+  <directory>/predictions{,.json} and <directory>/ground_truth{,.json}, so that panopticapi's
+  `pq_compute(gt_json, gt_folder, pred_json, pred_folder)` can score them.
+  """
+
+  def __init__(self, source, by_label, directory=None, written_method="model"):
+    self.source, self.by_label, self.directory = source, by_label, directory
+    self.written_method = written_method
+    self.categories = {c["id"]: c for c in by_label.values()}
+    self.stats, self.annotations = {}, {"predictions": [], "ground_truth": []}
+
+  @classmethod
+  def for_split(cls, config, directory):
+    """The evaluation of config.dataset.eval_split, with config.eval.panoptic_categories;
+    process 0 writes the files under <directory>/panoptic."""
+    import jax  # pylint: disable=g-import-not-at-top
+    from fsq_repro.data import coco_panoptic, pipeline  # pylint: disable=g-import-not-at-top
+    d = config.dataset
+    names = pipeline.features(d.name, data_dir=d.data_dir)["panoptic_objects"]["label"].names
+    by_label = coco_panoptic.categories(names, config.eval.get("panoptic_categories"))
+    write = os.path.join(directory, "panoptic") if jax.process_index() == 0 else None
+    return cls(pipeline.records(d.name, d.eval_split, data_dir=d.data_dir), by_label, write)
+
+  def add(self, predictions: dict, positions) -> None:
+    """predictions {method: {"semantics", "instances"} [B, h, w]} of the images at
+    `positions` [B] of the split (-1: a padding row)."""
+    from fsq_repro.data import coco_panoptic, images  # pylint: disable=g-import-not-at-top
+    rows = [row for row, position in enumerate(positions) if position >= 0]
+    records = self.source.__getitems__([int(positions[row]) for row in rows])
+    for row, record in zip(rows, records):
+      gt_ids, gt_segments = coco_panoptic.ground_truth(record, self.by_label)
+      image_id = int(record["image/id"])
+      file_name = f"{image_id:012d}.png"
+      for method, prediction in predictions.items():
+        semantics, instances = (images.resize_nearest(np.asarray(prediction[key][row]),
+                                                      gt_ids.shape)
+                                for key in ("semantics", "instances"))
+        ids, segments = two_channel_segments(semantics, instances, self.by_label)
+        merge_stats(self.stats.setdefault(method, {}),
+                    pq_stat_image(gt_ids, gt_segments, ids, segments, self.categories))
+        if self.directory and method == self.written_method:
+          self.annotations["predictions"].append(write_png(
+              os.path.join(self.directory, "predictions"), image_id, file_name, ids, segments))
+      if self.directory:
+        self.annotations["ground_truth"].append(write_png(
+            os.path.join(self.directory, "ground_truth"), image_id, file_name, gt_ids,
+            gt_segments))
+
+  def results(self) -> dict:
+    """{method: {"pq", "sq", "rq", "pq_things", ..., "rq_stuff"}} as panopticapi's fractions;
+    writes the JSONs beside the PNGs."""
+    if self.directory:
+      for name, annotations in self.annotations.items():
+        write_json(os.path.join(self.directory, name), annotations,
+                   self.categories.values() if name == "ground_truth" else None)
+    out = {}
+    for method, stats in self.stats.items():
+      averaged = pq_results(stats, self.categories)
+      out[method] = {f"{metric}{suffix}": averaged[part][metric]
+                     for part, suffix in (("All", ""), ("Things", "_things"),
+                                          ("Stuff", "_stuff"))
+                     for metric in ("pq", "sq", "rq")}
+    return out

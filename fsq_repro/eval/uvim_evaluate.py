@@ -4,7 +4,9 @@ For every evaluation image the task model samples the code tokens autoregressive
 eval.temperature) and the frozen Stage I decodes them with the context: the task's
 prediction. Scored beside it, on the same images: the Stage I oracle (the decoder of the
 codes the encoder gives the true labels) and the task's model-free baseline (colorization:
-the gray input). Codebook usage counts the oracle's codes over the evaluation images.
+the gray input). Codebook usage counts the oracle's codes over the evaluation images. A task
+with a metric over the whole split (panoptic's PQ, `Task.dataset_metric`) scores the model's
+and the oracle's predictions with it too, writing what it writes under <workdir>/eval.
 
 Colorization's FID, eval.fid_protocol:
   "coltran"  ColTran's FID-5k, as big_vision's evaluator: the first eval.num_images
@@ -107,6 +109,7 @@ def evaluate(config, workdir: str) -> dict:
   eval_positions, reference_positions = protocol_positions(config, task)
   usage = CodebookUsage(coder.codebook_size)
   scores, figure = _Scores(), {}
+  split_metric = task.dataset_metric(config, directory) if task.dataset_metric else None
   crop = "coltran" if task.fid and e.fid_protocol == "coltran" else task.eval_crop
   # ColTran feeds x / 128 - 1 (eval/coltran.py), training's inputs are x / 127.5 - 1.
   scale = coltran.INPUT_SCALE if crop == "coltran" else 1.0
@@ -122,6 +125,9 @@ def evaluate(config, workdir: str) -> dict:
                    "oracle": oracle(example["labels"], example["context"])}
     if task.baseline_prediction is not None:
       predictions["baseline"] = task.baseline_prediction(example)
+    if split_metric is not None:
+      split_metric.add(jax.tree.map(parallel.host_array, predictions),
+                       parallel.host_array(batch["index"]))
     truth = {"picture": task.picture(task.predict(example["labels"]))}
     for method, prediction in predictions.items():
       pictures = parallel.host_array(task.picture(prediction))
@@ -144,6 +150,7 @@ def evaluate(config, workdir: str) -> dict:
           (example["image"] + 1.0) / 2.0)[mask][:e.figure_images])
     scores.count += int(mask.sum())
   timing.mark("predictions", count=scores.count)
+  split_scores = split_metric.results() if split_metric is not None else {}
 
   fids = {}
   if network is not None:
@@ -174,7 +181,8 @@ def evaluate(config, workdir: str) -> dict:
       "temperature": e.temperature, "usage": usage.usage, "codes_used": usage.codes_used,
       "baseline": task.baseline,
       **{f"{name}" if method == "model" else f"{method}_{name}": value
-         for method in predictions for name, value in scores.means(method).items()},
+         for method in predictions
+         for name, value in {**scores.means(method), **split_scores.get(method, {})}.items()},
   }
   if network is not None:
     results.update({**{"fid" if m == "model" else f"{m}_fid": v for m, v in fids.items()},
@@ -192,8 +200,9 @@ def evaluate(config, workdir: str) -> dict:
     with files.atomic_write(workdir_lib.results_path(workdir)) as f:
       json.dump(results, f, indent=1)
     workdir_lib.write_run_config(directory, config)
-    summary = ", ".join(f"{k} {results[k]:.4g}" for k in ("psnr", "fid", "rmse", "oracle_psnr",
-                                                          "oracle_fid", "oracle_rmse",
+    summary = ", ".join(f"{k} {results[k]:.4g}" for k in ("psnr", "fid", "rmse", "pq",
+                                                          "oracle_psnr", "oracle_fid",
+                                                          "oracle_rmse", "oracle_pq",
                                                           "baseline_psnr", "baseline_fid",
                                                           "usage")
                         if k in results)

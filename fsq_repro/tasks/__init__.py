@@ -4,7 +4,7 @@ A task turns the input pipeline's batch into the label autoencoder's labels, its
 image and the task model's input image; it gives Stage I's loss on decoded labels, the
 prediction made from decoded labels, a picture of a prediction, and per-example scores of a
 prediction against the labels. The trainers and the evaluation read a task only through
-`Task`, so depth and panoptic are new entries of TASKS, not branches.
+`Task`, so depth and panoptic are entries of the registry, not branches.
 
   task = tasks.get("colorization")
   example = task.prepare(batch)        # {"labels": {key: [B, H, W, C]}, "context", "image"}
@@ -31,6 +31,10 @@ class Task:
   baseline: str | None = None  # the prediction made without a model, e.g. "gray input"
   baseline_prediction: Callable[[dict], dict] | None = None  # prepared example -> it
   maps: tuple[str, ...] = ()  # the dense label maps [B, H, W] its batches carry ("depth")
+  # (config, eval directory) -> a metric over the whole evaluation split (panoptic's PQ):
+  # .add({method: host prediction}, positions [B] in the split, -1 for padding), .results()
+  # -> {method: {name: value}}.
+  dataset_metric: Callable | None = None
 
 
 def zeros_batch(task: Task, size: int) -> dict:
@@ -41,8 +45,8 @@ def zeros_batch(task: Task, size: int) -> dict:
 
 
 def _registry() -> dict[str, Task]:
-  from fsq_repro.tasks import colorization, depth  # pylint: disable=g-import-not-at-top
-  return {task.name: task for task in (colorization.TASK, depth.TASK)}
+  from fsq_repro.tasks import colorization, depth, panoptic  # pylint: disable=g-import-not-at-top
+  return {task.name: task for task in (colorization.TASK, depth.TASK, panoptic.TASK)}
 
 
 def names() -> tuple[str, ...]:
