@@ -1,16 +1,20 @@
-"""Table 2 and Figure 6 of a UViM sweep: one row per (quantizer, splitting, context), mean
-+- std over its Stage II seeds, beside the FSQ paper's numbers.
+"""Table 2 and Figure 6 of UViM sweeps: per task one row per (quantizer, splitting,
+context), mean +- std over its Stage II seeds, beside the FSQ paper's numbers.
 
   python scripts/uvim_table.py --sweep=demo_out/uvim --out=demo_out/uvim
-  python scripts/uvim_table.py --sweep=/data/runs/uvim_color --out=figures/uvim_color
+  python scripts/uvim_table.py --sweep /data/runs/uvim_depth /data/runs/uvim_pan \
+      /data/runs/uvim_color --out=figures/table2      # the whole of Table 2
 
 Reads <sweep>/*/results.json (written by `--mode=eval` of configs/uvim_*.py) in sweep.json
-order. Writes table2.md (also printed): per row the runs' task metric (colorization: PSNR and
-FID, with the FID's feature network and protocol), codebook usage and codes used, the Stage
-I oracle and the task's model-free baseline (gray input); the paper's Table 2 number for that
-row where it has one (numbers of other datasets or feature networks are not comparable, and
-the table says which ones it holds). Writes figure6.png from the runs' eval/figure.npz: per
-validation image, the input, the ground truth and each row's first run's prediction.
+order, for every sweep given. Writes table2.md (also printed), a section per task: per row
+the runs' task metrics (depth: RMSE, abs-rel, delta1; panoptic: PQ, things, stuff;
+colorization: PSNR and FID, with the FID's feature network and protocol), codebook usage and
+codes used, the Stage I oracle and the task's model-free baseline (gray input); the paper's
+Table 2 number for that row where it has one. A paper number counts as comparable only for a
+run on the paper's dataset, its whole evaluation split at 512 px (and for FID, ColTran's
+protocol on Inception features); otherwise the cell says "not comparable" and why.
+Writes figure6.png (with several tasks figure6_<task>.png) from the runs' eval/figure.npz:
+per validation image, the input, the ground truth and each row's first run's prediction.
 """
 
 import argparse
@@ -34,11 +38,21 @@ PAPER = {  # numbers as the paper prints them
     ("depth", "uvim_vq", True, True): ("RMSE", "0.468", "0.012", 0.99),
     ("depth", "fsq", None, True): ("RMSE", "0.473", "0.012", 0.99),
     ("depth", "uvim_vq", False, True): ("RMSE", "0.490", "0.0037", 0.0078),
+    ("panoptic", "uvim_vq", True, True): ("PQ", "43.4", None, 1.00),
+    ("panoptic", "fsq", None, True): ("PQ", "43.2", None, 1.00),
+    ("panoptic", "uvim_vq", True, False): ("PQ", "39.0", None, 0.99),
+    ("panoptic", "fsq", None, False): ("PQ", "40.2", None, 0.99),
 }
-PAPER_DATASETS = {"colorization": "imagenet2012", "depth": "nyu_depth_v2"}
-# Each task's metric columns: (results.json key, header).
-TASK_COLUMNS = {"colorization": (("psnr", "PSNR (dB)"), ("fid", "FID")),
-                "depth": (("rmse", "RMSE (m)"), ("abs_rel", "abs rel"), ("delta1", "delta1"))}
+# Where the paper's numbers come from: (dataset, evaluated images) at 512 px.
+PAPER_EVAL = {"colorization": ("imagenet2012", 5000), "depth": ("nyu_depth_v2", 654),
+              "panoptic": ("coco/2017_panoptic", 5000)}
+PAPER_SIZE = 512
+# Each task's metric columns: (results.json key, header, factor the table prints it times).
+TASK_COLUMNS = {"colorization": (("psnr", "PSNR (dB)", 1), ("fid", "FID", 1)),
+                "depth": (("rmse", "RMSE (m)", 1), ("abs_rel", "abs rel", 1),
+                          ("delta1", "delta1", 1)),
+                "panoptic": (("pq", "PQ", 100), ("pq_things", "PQ things", 100),
+                             ("pq_stuff", "PQ stuff", 100))}
 
 
 def row_key(result: dict) -> tuple:
@@ -53,8 +67,8 @@ def row_label(key: tuple) -> str:
   return label + ("" if context else " without context")
 
 
-def mean_std(values: list[float]) -> str:
-  values = [v for v in values if v is not None]
+def mean_std(values: list[float], factor: float = 1) -> str:
+  values = [v * factor for v in values if v is not None]
   if not values:
     return "-"
   if len(values) == 1:
@@ -70,15 +84,28 @@ def rows(results: list[dict]) -> dict:
   return grouped
 
 
+def not_comparable(result: dict) -> str | None:
+  """Why the paper's numbers do not apply to `result`, or None when they do."""
+  dataset, images = PAPER_EVAL[result["task"]]
+  if (result["dataset"], result["num_eval_images"], result["image_size"]) != (
+      dataset, images, PAPER_SIZE):
+    return (f"the paper: {dataset}, {images} images at {PAPER_SIZE} px; this: "
+            f"{result['dataset']}, {result['num_eval_images']} at {result['image_size']} px")
+  if result["task"] == "colorization" and not (
+      result.get("fid_protocol") == "coltran" and "inception" in result.get("fid_features", "")):
+    return "the paper: ColTran's FID-5k on Inception features"
+  return None
+
+
 def paper_cell(key: tuple, result: dict) -> str:
   if key not in PAPER:
     return "-"
   metric, mean, std, usage = PAPER[key]
-  cell = f"{metric} {mean} +- {std}, usage {usage:.2%}" if usage < 0.01 else \
-      f"{metric} {mean} +- {std}, usage {usage:.0%}"
-  same_data = result["dataset"] == PAPER_DATASETS[key[0]] and (key[0] != "colorization" or (
-      result.get("fid_protocol") == "coltran" and "inception" in result.get("fid_features", "")))
-  return cell if same_data else cell + f" ({PAPER_DATASETS[key[0]]}; not comparable)"
+  number = mean if std is None else f"{mean} +- {std}"
+  cell = f"{metric} {number}, usage {usage:.2%}" if usage < 0.01 else \
+      f"{metric} {number}, usage {usage:.0%}"
+  why = not_comparable(result)
+  return cell if why is None else cell + f" (not comparable: {why})"
 
 
 def markdown(results: list[dict]) -> str:
@@ -87,21 +114,21 @@ def markdown(results: list[dict]) -> str:
   columns = TASK_COLUMNS[first["task"]]
   fid = (f"; FID features: {first['fid_features']} ({first['fid_protocol']} protocol: "
          f"{first['fid_reference']})" if "fid_features" in first else "")
-  header = ["row", "seeds", *(h for _, h in columns), "usage", "codes used",
-            *(f"oracle {h}" for _, h in columns), "paper (Table 2)"]
+  header = ["row", "seeds", *(h for _, h, _ in columns), "usage", "codes used",
+            *(f"oracle {h}" for _, h, _ in columns), "paper (Table 2)"]
   lines = [f"UViM {first['task']} on {first['dataset']} ({first['eval_split']}, "
            f"{first['num_eval_images']} images, {first['image_size']} px), sampled at "
            f"temperature {first['temperature']:g}{fid}. Mean +- std over Stage II seeds.", "",
            "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for key, runs in grouped.items():
-    get = lambda name: mean_std([r.get(name) for r in runs])
-    cells = [row_label(key), str(len(runs)), *(get(k) for k, _ in columns), get("usage"),
-             get("codes_used"), *(get(f"oracle_{k}") for k, _ in columns),
+    get = lambda name, factor=1: mean_std([r.get(name) for r in runs], factor)
+    cells = [row_label(key), str(len(runs)), *(get(k, f) for k, _, f in columns),
+             get("usage"), get("codes_used"), *(get(f"oracle_{k}", f) for k, _, f in columns),
              paper_cell(key, runs[0])]
     lines.append("| " + " | ".join(cells) + " |")
   if first.get("baseline"):
     cells = [f"baseline: {first['baseline']}", "-",
-             *(mean_std([first.get(f"baseline_{k}")]) for k, _ in columns), "-", "-",
+             *(mean_std([first.get(f"baseline_{k}")], f) for k, _, f in columns), "-", "-",
              *("-" for _ in columns), "-"]
     lines.append("| " + " | ".join(cells) + " |")
   lines += ["", "Runs: " + ", ".join(
@@ -110,12 +137,12 @@ def markdown(results: list[dict]) -> str:
   return "\n".join(lines) + "\n"
 
 
-def draw_figure6(sweep: str, results: list[dict], path: str) -> bool:
+def draw_figure6(results: list[dict], path: str) -> bool:
   """Input, ground truth and each row's first run's predictions, one column per image."""
   firsts = [runs[0] for runs in rows(results).values()]
   figures = {}
   for result in firsts:
-    npz = os.path.join(sweep, result["name"], "eval", "figure.npz")
+    npz = os.path.join(result["sweep"], result["name"], "eval", "figure.npz")
     if os.path.exists(npz):
       with np.load(npz) as data:
         figures[result["name"]] = dict(data)
@@ -144,24 +171,34 @@ def draw_figure6(sweep: str, results: list[dict], path: str) -> bool:
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--sweep", required=True, help="the sweep's root (its run directories)")
+  parser.add_argument("--sweep", required=True, nargs="+",
+                      help="sweep roots (their run directories), e.g. one per task")
   parser.add_argument("--out", required=True, help="where table2.md and figure6.png go")
   args = parser.parse_args(argv)
-  results, missing = load_results(args.sweep)
-  results = [r for r in results if r.get("family") == "uvim"]
-  if not results:
-    print(f"error: no UViM results.json under {args.sweep}; run the sweep's eval stages first",
-          file=sys.stderr)
+  by_task, missing = {}, []
+  for sweep in args.sweep:
+    results, not_yet = load_results(sweep)
+    missing += [os.path.join(sweep, name) for name in not_yet]
+    for result in results:
+      if result.get("family") == "uvim":
+        by_task.setdefault(result["task"], []).append({**result, "sweep": sweep})
+  if not by_task:
+    print(f"error: no UViM results.json under {' '.join(args.sweep)}; run the sweeps' eval "
+          "stages first", file=sys.stderr)
     return 2
   os.makedirs(args.out, exist_ok=True)
-  table = markdown(results)
+  table = "\n".join(markdown(results) for results in by_task.values())
   if missing:
     table += f"\nNo results yet: {', '.join(missing)}\n"
   with open(os.path.join(args.out, "table2.md"), "w") as f:
     f.write(table)
   print(table)
-  if draw_figure6(args.sweep, results, os.path.join(args.out, "figure6.png")):
-    print(f"wrote {os.path.join(args.out, 'table2.md')} and figure6.png")
+  drawn = []
+  for task, results in by_task.items():
+    name = "figure6.png" if len(by_task) == 1 else f"figure6_{task}.png"
+    if draw_figure6(results, os.path.join(args.out, name)):
+      drawn.append(name)
+  print(f"wrote {os.path.join(args.out, 'table2.md')}" + "".join(f" and {n}" for n in drawn))
   return 0
 
 

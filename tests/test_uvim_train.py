@@ -12,13 +12,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import uvim_colorization, uvim_depth
+from configs import uvim_colorization, uvim_depth, uvim_panoptic
 from fsq_repro import api, tasks, uvim_config
 from fsq_repro import workdir as workdir_lib
-from fsq_repro.eval import features, uvim_evaluate
+from fsq_repro.eval import features, panoptic, uvim_evaluate
 from fsq_repro.tasks import colorization
 from fsq_repro.train import uvim_stage1, uvim_stage2
-from scripts import sweep
+from scripts import sweep, uvim_table
 import tfds_mock
 import tiny_configs
 
@@ -203,8 +203,9 @@ def test_depth_stages_run_on_mock_nyu_with_the_eval_crop_and_per_image_rmse(tmp_
       yield batch
 
   monkeypatch.setattr(uvim_evaluate, "_eval_batches", recording)
+  workdir = tmp_path / "sweep" / "fsq_seed0"
   with tfds_mock.mock_dataset("nyu_depth_v2", {"train": 16, "validation": 6}, shards=2):
-    _, _, results = _train_and_evaluate(config, str(tmp_path))
+    _, _, results = _train_and_evaluate(config, str(workdir))
   assert results["task"] == "depth" and results["num_eval_images"] == 6
   assert "fid" not in results and results["baseline"] is None
   # The evaluation crop's ground truth, unresized; the model's input at 16 px.
@@ -212,3 +213,40 @@ def test_depth_stages_run_on_mock_nyu_with_the_eval_crop_and_per_image_rmse(tmp_
   assert batches[0]["depth"].shape == (4, 16, 16) and batches[0]["image"].shape == (4, 16, 16, 3)
   for key in ("rmse", "abs_rel", "log10", "delta1", "oracle_rmse"):
     assert np.isfinite(results[key]), key
+  # Figure 6 (input, ground truth, the row's prediction) from the saved predictions.
+  with np.load(workdir / "eval" / "figure.npz") as figure:
+    assert set(figure) == {"input", "truth", "model", "oracle"}
+    assert figure["model"].shape == (3, 16, 16, 3)
+  assert uvim_table.main([f"--sweep={tmp_path / 'sweep'}", f"--out={tmp_path / 'out'}"]) == 0
+  assert (tmp_path / "out" / "figure6.png").stat().st_size > 0
+  assert "not comparable: the paper: nyu_depth_v2, 654 images at 512 px; this: nyu_depth_v2, " \
+      "6 at 16 px" in (tmp_path / "out" / "table2.md").read_text()
+
+
+@pytest.mark.slow  # a synthetic-label smoke run of both stages, PQ and the table: about a minute
+def test_panoptic_stages_pq_and_table2_run_on_mock_coco(tmp_path):
+  root = tmp_path / "sweep"
+  config = tiny_configs.tiny_uvim_config("quantizer=vq,context=0", base=uvim_panoptic.get_config)
+  config.dataset.train_split = "train[4:]"
+  config.eval.batch_size = 4
+  with tfds_mock.mock_dataset("coco/2017_panoptic", {"train": 20, "validation": 6}, shards=2):
+    _, _, results = _train_and_evaluate(config, str(root / "vq_no_context_seed0"))
+  assert results["task"] == "panoptic" and results["num_eval_images"] == 6
+  assert not results["context"] and "fid" not in results
+  for key in ("pq", "sq", "rq", "pq_things", "pq_stuff", "oracle_pq", "pixel_accuracy",
+              "oracle_pixel_accuracy"):
+    assert 0 <= results[key] <= 1, key
+  # The written COCO panoptic files score as the evaluation did (what pq_compute reads).
+  folder = root / "vq_no_context_seed0" / "eval" / "panoptic"
+  from_files = panoptic.pq_from_files(str(folder / "ground_truth.json"),
+                                      str(folder / "ground_truth"),
+                                      str(folder / "predictions.json"),
+                                      str(folder / "predictions"))
+  assert from_files["All"]["pq"] == pytest.approx(results["pq"])
+  assert len(list((folder / "predictions").glob("*.png"))) == 6
+  # Table 2 from these results: the smoke run's numbers are marked as not the paper's.
+  assert uvim_table.main([f"--sweep={root}", f"--out={tmp_path / 'out'}"]) == 0
+  table = (tmp_path / "out" / "table2.md").read_text()
+  assert "| VQ without context | 1 |" in table
+  assert ("PQ 39.0, usage 99% (not comparable: the paper: coco/2017_panoptic, 5000 images at "
+          "512 px; this: coco/2017_panoptic, 6 at 16 px)") in table
