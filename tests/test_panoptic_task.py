@@ -37,6 +37,9 @@ def test_label_maps_are_label_plus_one_and_the_segments_1_based_index():
   maps = coco_panoptic.label_maps(record)
   np.testing.assert_array_equal(maps["semantics"], [[0, 91, 91], [5, 5, 0]])
   np.testing.assert_array_equal(maps["instances"], [[0, 2, 2], [1, 1, 0]])
+  empty = coco_panoptic.label_maps(_record(ids, {"id": [], "label": [], "is_crowd": [],
+                                                  "area": []}))
+  assert not empty["semantics"].any() and not empty["instances"].any()  # all void
   gt_ids, segments = coco_panoptic.ground_truth(record, BY_LABEL)
   np.testing.assert_array_equal(gt_ids, ids)
   assert segments == [{"id": 70001, "category_id": 5, "iscrowd": 0, "area": 2},

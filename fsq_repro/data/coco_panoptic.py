@@ -39,14 +39,17 @@ def panoptic_ids(record: dict) -> np.ndarray:
 def label_maps(record: dict) -> dict[str, np.ndarray]:
   """A coco/2017_panoptic record -> {"semantics", "instances"} int32 [H, W] (module doc)."""
   ids = panoptic_ids(record)
-  semantics = np.zeros(ids.shape, np.int32)
-  instances = np.zeros(ids.shape, np.int32)
   objects = record["panoptic_objects"]
-  for k, (segment_id, label) in enumerate(zip(objects["id"], objects["label"])):
-    mask = ids == int(segment_id)
-    semantics[mask] = int(label) + 1
-    instances[mask] = k + 1
-  return {"semantics": semantics, "instances": instances}
+  segment_ids = np.asarray(objects["id"], np.int64)
+  if not len(segment_ids):
+    return {"semantics": np.zeros(ids.shape, np.int32), "instances": np.zeros(ids.shape, np.int32)}
+  order = np.argsort(segment_ids, kind="stable")  # look every pixel's id up in the segments
+  position = np.minimum(np.searchsorted(segment_ids[order], ids), len(order) - 1)
+  k = order[position]  # the pixel's segment index, where its id is a segment's
+  found = segment_ids[k] == ids
+  labels = np.asarray(objects["label"], np.int32)
+  return {"semantics": np.where(found, labels[k] + 1, 0).astype(np.int32),
+          "instances": np.where(found, k + 1, 0).astype(np.int32)}
 
 
 def canonical_instances(instances: np.ndarray) -> np.ndarray:

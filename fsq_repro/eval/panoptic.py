@@ -302,14 +302,13 @@ def two_channel_segments(semantics, instances, by_label):
     raise ValueError(f"semantic labels {unknown} are not categories (1..{len(by_label)})")
   things = np.asarray([0] + [by_label[i]["isthing"] for i in range(1, max(by_label) + 1)])
   # Stuff keeps one segment per label: its instance is ignored.
-  pairs = semantics * OFFSET + np.where(things[semantics] == 1, instances, 0)
-  ids = np.zeros(semantics.shape, np.int64)
-  segments = []
-  for pair in np.unique(pairs[semantics != VOID]):
-    segment_id = len(segments) + 1
-    ids[pairs == pair] = segment_id
-    segments.append({"id": segment_id, "category_id": by_label[int(pair // OFFSET)]["id"]})
-  return ids, segments
+  pairs = semantics * OFFSET + np.where(things[semantics] == 1, instances, 0)  # void: 0
+  values, inverse = np.unique(pairs, return_inverse=True)
+  void = int(values[0] == VOID)  # segment ids 1, 2, ... in ascending pair order
+  ids = np.where(semantics == VOID, 0, inverse.reshape(pairs.shape) + 1 - void)
+  segments = [{"id": i + 1, "category_id": by_label[int(pair // OFFSET)]["id"]}
+              for i, pair in enumerate(values[void:])]
+  return ids.astype(np.int64), segments
 
 
 class PanopticEvaluation:
