@@ -30,16 +30,10 @@ NYU_TRAIN = 47_584
 
 def get_config(arg: str | None = None):
   c, _ = uvim_config.from_args(arg)
-  c.task.name = "depth"
-  c.dataset.name = "nyu_depth_v2"
-  c.dataset.train_split = "train"
-  c.dataset.eval_split = "validation"
-  s = c.stage1
-  s.num_train_steps = uvim_config.steps(200, NYU_TRAIN, s.batch_size)  # 9,200
-  s.learning_rate, s.weight_decay = 1e-3, 1e-5
-  s = c.stage2
-  s.num_train_steps = uvim_config.steps(50, NYU_TRAIN, s.batch_size)  # 4,600
-  s.learning_rate, s.weight_decay = 1e-3, 1e-6
+  c.task.name, c.dataset.name = "depth", "nyu_depth_v2"
+  c.dataset.train_split, c.dataset.eval_split = "train", "validation"
+  # (epochs, lr, wd): Stage I 9,200 steps, Stage II 4,600.
+  uvim_config.recipe(c, NYU_TRAIN, stage1=(200, 1e-3, 1e-5), stage2=(50, 1e-3, 1e-6))
   c.eval.batch_size = 6  # divides the 654 validation images on 1, 2, 3 or 6 devices
   return c
 

@@ -34,16 +34,10 @@ COCO_TRAIN = 118_287 - 4096  # big_vision trains on train[4096:] (train[:4096] i
 
 def get_config(arg: str | None = None):
   c, _ = uvim_config.from_args(arg)
-  c.task.name = "panoptic"
-  c.dataset.name = "coco/2017_panoptic"
-  c.dataset.train_split = "train[4096:]"
-  c.dataset.eval_split = "validation"
-  s = c.stage1
-  s.num_train_steps = uvim_config.steps(1000, COCO_TRAIN, s.batch_size)  # 111,000
-  s.learning_rate, s.weight_decay = 4e-4, 4e-5
-  s = c.stage2
-  s.num_train_steps = uvim_config.steps(200, COCO_TRAIN, s.batch_size)  # 44,600
-  s.learning_rate, s.weight_decay = 1e-3, 1e-6
+  c.task.name, c.dataset.name = "panoptic", "coco/2017_panoptic"
+  c.dataset.train_split, c.dataset.eval_split = "train[4096:]", "validation"
+  # (epochs, lr, wd): Stage I 111,000 steps, Stage II 44,600.
+  uvim_config.recipe(c, COCO_TRAIN, stage1=(1000, 4e-4, 4e-5), stage2=(200, 1e-3, 1e-6))
   c.eval.batch_size = 40  # 125 batches of the 5,000 validation images, on 1, 2, 4 or 8 devices
   return c
 

@@ -28,6 +28,14 @@ def steps(epochs: int, examples: int, batch_size: int) -> int:
   return epochs * (examples // batch_size)
 
 
+def recipe(c, examples: int, *, stage1: tuple, stage2: tuple) -> None:
+  """Sets each stage's (epochs, learning rate, weight decay) over `examples` training images:
+  a task config's schedule at the stages' batch sizes."""
+  for s, (epochs, learning_rate, weight_decay) in ((c.stage1, stage1), (c.stage2, stage2)):
+    s.num_train_steps = steps(epochs, examples, s.batch_size)
+    s.learning_rate, s.weight_decay = learning_rate, weight_decay
+
+
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.family = FAMILY
