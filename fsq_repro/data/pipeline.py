@@ -374,8 +374,7 @@ class GlobalBatches:
         if key not in batch:  # zeros for padding rows
           batch[key] = np.zeros((self.num_rows, *value.shape), np.float32)
         batch[key][row] = value
-      label = record.get("label", 0)
-      batch["label"][row] = label if np.ndim(label) == 0 else 0
+      batch["label"][row] = record.get("label", 0)
     if "image" not in batch:  # no real row at all
       size = self.image_size
       batch["image"] = np.zeros([self.num_rows, size, size, 3], np.float32)
