@@ -9,12 +9,16 @@ and an ADM .npz), eval (results.json). UViM's configs (configs/uvim_*.py, config
 one resumes. Bad input ends with one "error: ..." line before anything is compiled.
 """
 
-import os
-import signal
-import sys
-import traceback
+if __name__ == "__main__":  # before JAX allocates anything: see fsq_repro/hugepages.py
+  from fsq_repro import hugepages  # pylint: disable=g-import-not-at-top
+  hugepages.reexec()
 
-import jax
+import os  # pylint: disable=g-import-not-at-top,wrong-import-position
+import signal  # pylint: disable=g-import-not-at-top,wrong-import-position
+import sys  # pylint: disable=g-import-not-at-top,wrong-import-position
+import traceback  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app, flags, logging
 from ml_collections import config_flags
 

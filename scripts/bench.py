@@ -43,7 +43,11 @@ set size (CPU: host and device memory are one), read after each part. Each part'
 also go to stderr as one JSON line as soon as they are measured.
 """
 
-import argparse
+if __name__ == "__main__":  # before JAX allocates anything: see fsq_repro/hugepages.py
+  from fsq_repro import hugepages  # pylint: disable=g-import-not-at-top
+  hugepages.reexec()
+
+import argparse  # pylint: disable=g-import-not-at-top,wrong-import-position
 import functools
 import tempfile
 import json
@@ -558,7 +562,8 @@ def main():
   first_peak = matmul_peak(dtype, size)
   results = {"backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
              "device_count": jax.device_count(), "host": host_description(),
-             "jax": jax.__version__}
+             "jax": jax.__version__,
+             "glibc_tunables": os.environ.get("GLIBC_TUNABLES")}  # huge pages: hugepages.py
   configs = {}
   for name in args.configs:
     configs[name] = bench_config(name, args, mesh)
