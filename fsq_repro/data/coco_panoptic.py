@@ -18,6 +18,7 @@ import json
 import numpy as np
 
 from fsq_repro.data import images
+from fsq_repro.eval import panoptic  # the COCO panoptic format (numpy only at import)
 
 # Channels of the two maps: 133 COCO panoptic categories + void, and 100 instance slots
 # (COCO has at most 98 segments in a train image, 78 in a validation image).
@@ -31,9 +32,7 @@ NUM_THINGS = 80
 def panoptic_ids(record: dict) -> np.ndarray:
   """The record's segment id map [H, W] (int64) from its panoptic PNG (bytes or decoded)."""
   png = record["panoptic_image"]
-  rgb = images.decode(png) if isinstance(png, bytes) else np.asarray(png)
-  rgb = rgb.astype(np.int64)  # widen first: uint8 arithmetic would overflow
-  return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
+  return panoptic.rgb_to_id(images.decode(png) if isinstance(png, bytes) else png)
 
 
 def label_maps(record: dict) -> dict[str, np.ndarray]:
