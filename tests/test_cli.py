@@ -125,7 +125,8 @@ def with_dataset(name, data_dir=None):
     (lambda tmp: demo_config(dataset__num_workers=-1),
      "dataset.num_workers=-1 must be a non-negative int"),
     (lambda tmp: demo_config(stage2__attention="flash"),
-     "stage2.attention='flash' is unknown; use one of ['dot_product_attention', 'flax']"),
+     "stage2.attention='flash' is unknown; use one of "
+     "['custom_vjp', 'dot_product_attention', 'flax']"),
     (lambda tmp: demo_config(stage1__perceptual_loss="lpips",
                              stage1__perceptual_weights=str(tmp / "lpips.msgpack")),
      "stage1.perceptual_weights="),

@@ -2,6 +2,7 @@
 
 import functools
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +12,7 @@ import pytest
 
 import flax.linen as nn
 
+from fsq_repro.models import transformer
 from fsq_repro.models.transformer import (MaskGITTransformer, SelfAttention, TokenLayout,
                                          image_logits)
 from fsq_repro.train import masking
@@ -128,19 +130,99 @@ def test_self_attention_equals_flax_multi_head_attention():
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_dot_product_attention_implementation_matches_flax_and_keeps_dropout():
-  x = jax.random.normal(jax.random.key(4), (2, 7, 32))
+def test_attention_implementations_match_flax_with_the_same_dropout():
+  x = jax.random.normal(jax.random.key(4), (3, 7, 32))
   make = lambda impl: _Wrapped(lambda: SelfAttention(4, 0.1, jnp.float32, impl,
                                                      name="attention"))
   params = make("flax").init(jax.random.key(0), x, deterministic=True)
+
+  @functools.partial(jax.jit, static_argnums=(0, 1))
+  def output_and_grads(impl, deterministic, params):
+    apply = lambda p: make(impl).apply(p, x, deterministic=deterministic,
+                                       rngs={"dropout": jax.random.key(2)})
+    return apply(params), jax.grad(lambda p: jnp.sum(apply(p) ** 2))(params)
+
   for deterministic in (True, False):
-    out = {impl: make(impl).apply(params, x, deterministic=deterministic,
-                                  rngs={"dropout": jax.random.key(2)})
-           for impl in ("flax", "dot_product_attention")}
-    np.testing.assert_allclose(out["dot_product_attention"], out["flax"], rtol=1e-5,
-                               atol=1e-6)
+    reference = output_and_grads("flax", deterministic, params)
+    # With dropout, dot_product_attention trains through custom_vjp.
+    for impl in ("custom_vjp", "dot_product_attention"):
+      out, grads = output_and_grads(impl, deterministic, params)
+      np.testing.assert_allclose(out, reference[0], rtol=1e-5, atol=1e-6, err_msg=impl)
+      for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(reference[1])):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=impl)
   with pytest.raises(ValueError, match="attention implementation"):
     make("flash").init(jax.random.key(0), x, deterministic=True)
+
+
+def _autodiff_attention(query, key, value, multiplier):
+  """softmax_attention's forward in plain JAX, for JAX to differentiate."""
+  query, key, value = (x.transpose(0, 2, 1, 3) for x in (query, key, value))
+  probabilities = jax.nn.softmax(query @ key.swapaxes(-1, -2), axis=-1)
+  if multiplier is not None:
+    probabilities = probabilities * multiplier
+  return (probabilities @ value).transpose(0, 2, 1, 3)
+
+
+@pytest.mark.parametrize("groups", [1, 2, 3])
+@pytest.mark.parametrize("dropout", [False, True])
+def test_softmax_attention_backward_equals_autodiff(groups, dropout):
+  query, key, value, d_out = (jax.random.normal(k, (2, 7, 5, 4)) for k in
+                              jax.random.split(jax.random.key(0), 4))
+  keep = jax.random.bernoulli(jax.random.key(1), 0.7, (1, 1, 7, 7))
+  multiplier = keep.astype(jnp.float32) / 0.7 if dropout else None
+  ours = functools.partial(transformer.softmax_attention, multiplier=multiplier, groups=groups)
+  reference = functools.partial(_autodiff_attention, multiplier=multiplier)
+  np.testing.assert_allclose(ours(query, key, value), reference(query, key, value), rtol=1e-5,
+                             atol=1e-6)
+  # Unequal groups (5 heads in 2 or 3) and the vector-Jacobian product against JAX's.
+  vjp = lambda f: jax.vjp(f, query, key, value)[1](d_out)
+  for a, b, name in zip(vjp(ours), vjp(reference), ("query", "key", "value")):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def test_softmax_attention_in_bfloat16_is_close_to_float32():
+  query, key, value = (jax.random.normal(k, (2, 9, 2, 8)) for k in
+                       jax.random.split(jax.random.key(2), 3))
+  bf16 = lambda x: x.astype(jnp.bfloat16)
+  loss = lambda q, k, v: jnp.sum(transformer.softmax_attention(q, k, v, groups=2)
+                                 .astype(jnp.float32) ** 2)
+  out = transformer.softmax_attention(bf16(query), bf16(key), bf16(value))
+  assert out.dtype == jnp.bfloat16
+  np.testing.assert_allclose(out.astype(jnp.float32), _autodiff_attention(
+      query, key, value, None), atol=0.05)
+  grads = jax.grad(loss, argnums=(0, 1, 2))(bf16(query), bf16(key), bf16(value))
+  expected = jax.grad(loss, argnums=(0, 1, 2))(query, key, value)
+  for a, b in zip(grads, expected):
+    assert a.dtype == jnp.bfloat16
+    np.testing.assert_allclose(a.astype(jnp.float32), b, atol=0.1 * float(jnp.max(jnp.abs(b))))
+
+
+def test_cpu_attention_groups_are_one_per_core_at_most_the_heads():
+  cores = len(os.sched_getaffinity(0))
+  assert jax.default_backend() == "cpu"
+  assert transformer.cpu_attention_groups(1) == 1
+  assert transformer.cpu_attention_groups(1000) == cores
+
+
+def test_codebook_logits_are_the_image_logits_without_the_rest():
+  params, ids = tiny_params(), random_ids(11)
+
+  @functools.partial(jax.jit, static_argnums=(1, 2))
+  def image_and_code_logits(params, train, codebook_size):
+    logits = MODEL.apply(params, ids, train=train, rngs={"dropout": jax.random.key(3)},
+                         codebook_size=codebook_size)
+    return logits if codebook_size else image_logits(logits, LAYOUT)
+
+  for train in (False, True):
+    codes = image_and_code_logits(params, train, LAYOUT.codebook_size)
+    assert codes.shape == (BATCH, NUM_TOKENS, LAYOUT.codebook_size)
+    np.testing.assert_allclose(codes, image_and_code_logits(params, train, None), rtol=1e-6,
+                               atol=1e-6)
+  # The same gradients: the class position and the other ids never reached the loss.
+  grad = jax.jit(jax.grad(lambda p, size: jnp.sum(jnp.sin(image_and_code_logits(p, True, size)))),
+                 static_argnums=1)
+  for a, b in zip(*(jax.tree.leaves(grad(params, size)) for size in (None, LAYOUT.codebook_size))):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_output_head_is_tied_to_the_token_embedding():

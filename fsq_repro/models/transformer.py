@@ -10,7 +10,9 @@ recomputes this with jax.eval_shape).
 """
 
 import dataclasses
+import functools
 import math
+import os
 
 import flax.linen as nn
 import jax
@@ -62,7 +64,83 @@ def image_logits(logits: jax.Array, layout: TokenLayout) -> jax.Array:
   return logits[:, 1:, :layout.codebook_size]
 
 
-ATTENTION_IMPLEMENTATIONS = ("flax", "dot_product_attention")
+ATTENTION_IMPLEMENTATIONS = ("custom_vjp", "flax", "dot_product_attention")
+
+
+def softmax_attention(query: jax.Array, key: jax.Array, value: jax.Array,
+                      multiplier: jax.Array | None = None, groups: int = 1) -> jax.Array:
+  """softmax(query key^T) value per head, as flax's dot_product_attention computes it (the
+  caller scales the query), with a backward pass written out by hand.
+
+  query, key, value: [batch, length, heads, head_dim] in the compute dtype; `multiplier`:
+  attention dropout, keep / keep_prob broadcast over [batch, heads, q, k], or None. Scores in
+  the compute dtype, softmax in float32, times the multiplier, times the values: in float32
+  flax's forward op for op (in bfloat16 the probabilities go back to bfloat16 for the value
+  product, where flax keeps them float32). JAX's derivative of that forward keeps the dropped
+  probabilities as well as the probabilities for the backward pass, and XLA's CPU backend a
+  broadcast copy of the dropout mask too; this backward keeps the probabilities alone (one
+  [batch, heads, q, k] tensor per layer) and recomputes the rest, the softmax gradient in
+  float32.
+
+  `groups` > 1 computes the heads in that many independent groups, with the same results:
+  XLA's CPU backend runs each batched [q, k] x [k, head_dim] matmul on one core but runs
+  independent operations side by side, so on a CPU the groups keep every core busy
+  (`cpu_attention_groups`). Heads, not examples: the batch may be sharded over devices.
+  """
+  heads_major = lambda x: x.transpose(0, 2, 1, 3)  # [batch, heads, length, head_dim]
+  if multiplier is not None:  # a dropout mask: a constant of the step, no gradient
+    multiplier = jax.lax.stop_gradient(multiplier)
+  out = _attention(heads_major(query), heads_major(key), heads_major(value), multiplier,
+                   groups)
+  return out.transpose(0, 2, 1, 3)
+
+
+def cpu_attention_groups(num_heads: int) -> int:
+  """Independent head groups for softmax_attention: one per core on a CPU, else 1."""
+  if jax.default_backend() != "cpu":
+    return 1
+  return max(1, min(num_heads, len(os.sched_getaffinity(0))))
+
+
+def _probabilities(query, key):
+  scores = query @ key.swapaxes(-1, -2)
+  return jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(query.dtype)
+
+
+def _dropped(probabilities, multiplier):
+  return probabilities if multiplier is None else probabilities * multiplier
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _attention(query, key, value, multiplier, groups):
+  return _attention_forward(query, key, value, multiplier, groups)[0]
+
+
+def _attention_forward(query, key, value, multiplier, groups):
+  split = lambda x: jnp.array_split(x, groups, axis=1)  # [batch, heads, ...]: by heads
+  probabilities = [_probabilities(q, k) for q, k in zip(split(query), split(key))]
+  out = jnp.concatenate([_dropped(p, multiplier) @ v
+                         for p, v in zip(probabilities, split(value))], axis=1)
+  return out, (query, key, value, multiplier, probabilities)
+
+
+def _attention_backward(groups, residuals, d_out):
+  query, key, value, multiplier, probabilities = residuals
+  split = lambda x: jnp.array_split(x, groups, axis=1)
+  grads = []
+  for q, k, v, p, dy in zip(split(query), split(key), split(value), probabilities,
+                            split(d_out)):
+    d_value = _dropped(p, multiplier).swapaxes(-1, -2) @ dy
+    d_probabilities = _dropped((dy @ v.swapaxes(-1, -2)).astype(jnp.float32), multiplier)
+    p32 = p.astype(jnp.float32)
+    d_scores = (p32 * (d_probabilities - jnp.sum(d_probabilities * p32, -1, keepdims=True))
+                ).astype(q.dtype)
+    grads.append((d_scores @ k, d_scores.swapaxes(-1, -2) @ q, d_value))
+  d_query, d_key, d_value = (jnp.concatenate(g, axis=1) for g in zip(*grads))
+  return d_query, d_key, d_value, None if multiplier is None else jnp.zeros_like(multiplier)
+
+
+_attention.defvjp(_attention_forward, _attention_backward)
 
 
 class _ProjectionParams(nn.Module):
@@ -85,19 +163,23 @@ class SelfAttention(nn.Module):
   of flax's MultiHeadDotProductAttention (query/key/value kernels [D, heads, D/heads], out
   kernel [heads, D/heads, D]), so checkpoints and the official weights load unchanged.
 
-  The three input projections run as one [D, 3D] matmul and the output as one [D, D]
-  matmul: the same products as DenseGeneral's, which XLA's CPU backend runs through
-  transposed multi-axis dot_generals at twice the time per FLOP (measured; see
-  scripts/bench.py --official_path). The scores: flax's dot_product_attention (query scaled
-  by 1/sqrt(D/heads), float32 softmax, dropout on the probabilities broadcast over batch and
-  heads, MaskGIT's), or `implementation="dot_product_attention"`: jax.nn.dot_product_attention,
-  which lets XLA pick the backend's fused kernel (cuDNN flash attention on GPUs) but has no
-  dropout, so with attention dropout a training step still takes the flax path.
+  Each projection runs as a plain [D, D] matmul on its kernel reshaped: the same products as
+  DenseGeneral's, which XLA's CPU backend runs through transposed multi-axis dot_generals at
+  twice the time per FLOP (measured; see scripts/bench.py --official_path). The scores
+  (query scaled by 1/sqrt(D/heads), float32 softmax, dropout on the probabilities broadcast
+  over batch and heads: MaskGIT's), by `implementation`:
+  - "custom_vjp": `softmax_attention`, flax's forward with a backward that keeps only the
+    probabilities; on a CPU in one group of heads per core (`cpu_attention_groups`).
+  - "flax": flax's dot_product_attention, differentiated by JAX (the reference).
+  - "dot_product_attention": jax.nn.dot_product_attention, which lets XLA pick the backend's
+    fused kernel (cuDNN flash attention on GPUs) but has no dropout, so a training step with
+    attention dropout takes the custom_vjp path.
+  The dropout mask is drawn as flax draws it, so every implementation drops the same weights.
   """
   num_heads: int
   dropout_rate: float
   dtype: jnp.dtype
-  implementation: str = "flax"
+  implementation: str = "custom_vjp"
 
   @nn.compact
   def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
@@ -115,13 +197,21 @@ class SelfAttention(nn.Module):
         (x @ k.reshape(width, width).astype(self.dtype) + b.reshape(width).astype(self.dtype)
          ).reshape(batch, length, heads, head_dim) for k, b in projections)
     dropout = not deterministic and self.dropout_rate > 0
-    if self.implementation == "dot_product_attention" and not dropout:
-      y = jax.nn.dot_product_attention(query, key, value)
-    else:
+    if self.implementation == "flax":
       y = nn.dot_product_attention(
           query, key, value, dropout_rng=self.make_rng("dropout") if dropout else None,
           dropout_rate=self.dropout_rate, broadcast_dropout=True, deterministic=not dropout,
           dtype=self.dtype, force_fp32_for_softmax=True)
+    elif self.implementation == "dot_product_attention" and not dropout:
+      y = jax.nn.dot_product_attention(query, key, value)
+    else:
+      multiplier = None
+      if dropout:  # flax's broadcast dropout: one [q, k] mask for every example and head
+        keep_prob = 1.0 - self.dropout_rate
+        keep = jax.random.bernoulli(self.make_rng("dropout"), keep_prob, (1, 1, length, length))
+        multiplier = keep.astype(self.dtype) / jnp.asarray(keep_prob, self.dtype)
+      y = softmax_attention(query / jnp.sqrt(head_dim).astype(self.dtype), key, value,
+                            multiplier, cpu_attention_groups(heads))
     return y.reshape(batch, length, width) @ out_kernel.reshape(width, width) + out_bias
 
 
@@ -133,7 +223,7 @@ class TransformerLayer(nn.Module):
   dropout_rate: float
   attention_dropout_rate: float
   dtype: jnp.dtype
-  attention: str = "flax"
+  attention: str = "custom_vjp"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -168,10 +258,14 @@ class MaskGITTransformer(nn.Module):
   attention_dropout_rate: float = 0.1
   dtype: jnp.dtype = jnp.float32
   remat: bool = False
-  attention: str = "flax"  # SelfAttention.implementation
+  attention: str = "custom_vjp"  # SelfAttention.implementation
 
   @nn.compact
-  def __call__(self, input_ids: jax.Array, *, train: bool) -> jax.Array:
+  def __call__(self, input_ids: jax.Array, *, train: bool,
+               codebook_size: int | None = None) -> jax.Array:
+    """Logits [B, L, vocab_size]; with `codebook_size` = |C| only what `image_logits` keeps of
+    them, [B, L-1, |C|], computed without the rest (the head runs on the image positions, the
+    tied projection on the code embeddings): the training loss reads nothing else."""
     self._check(input_ids)
     length = input_ids.shape[1]
     token_embedding = nn.Embed(
@@ -189,6 +283,9 @@ class MaskGITTransformer(nn.Module):
                 self.attention_dropout_rate, self.dtype, self.attention,
                 name=f"layer_{i}")(x, train)
 
+    output_ids = slice(None)
+    if codebook_size is not None:
+      x, output_ids = x[:, 1:], slice(codebook_size)
     x = _dense(self.hidden_size, self.dtype, "head_dense")(x)
     x = nn.gelu(x, approximate=True)
     x = _layer_norm(self.dtype, "head_norm")(x)
@@ -196,7 +293,8 @@ class MaskGITTransformer(nn.Module):
         "logits_bias", nn.initializers.zeros, (self.vocab_size,), jnp.float32)
     # Tied output projection, in float32 even under bfloat16: its log-probabilities are
     # what sampling and the compression cost (in bits) read.
-    return x.astype(jnp.float32) @ token_embedding.embedding.T + logits_bias
+    return (x.astype(jnp.float32) @ token_embedding.embedding[output_ids].T
+            + logits_bias[output_ids])
 
   def _check(self, input_ids):
     if self.hidden_size % self.num_heads:

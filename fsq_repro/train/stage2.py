@@ -86,8 +86,7 @@ def train_step(state: Stage2State, batch, rng, frozen=(), *, model, layout, opti
 
   def loss_fn(params):
     logits = model.apply({"params": params}, input_ids, train=True,
-                         rngs={"dropout": dropout_rng})
-    logits = transformer_lib.image_logits(logits, layout)
+                         rngs={"dropout": dropout_rng}, codebook_size=layout.codebook_size)
     loss = masking.masked_cross_entropy(logits, targets, loss_mask, s.label_smoothing,
                                         s.loss_reduction)
     correct = (jnp.argmax(logits, -1) == targets) & loss_mask
