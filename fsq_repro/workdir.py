@@ -20,10 +20,11 @@ from fsq_repro import checkpoints, files
 STAGES = ("stage1", "stage2")
 RESULTS_FILE = "results.json"
 
-# Fields that never change a stage's numbers: where the data lives, how it is sharded, how
-# often a run logs and saves, and whether it recomputes activations to save memory.
+# Fields that never change a stage's numbers (beyond float round-off): where the data lives,
+# how it is sharded, how often a run logs and saves, whether it recomputes activations to save
+# memory, and which implementation computes Stage II's attention.
 NEUTRAL_FIELDS = ("mesh", "dataset.data_dir", "log_every_steps", "image_every_steps",
-                  "checkpoint_every_steps", "keep_checkpoints", "remat")
+                  "checkpoint_every_steps", "keep_checkpoints", "remat", "stage2.attention")
 # What else a rerun of each mode may change: a training stage may be extended (or stopped
 # early), and it does not read the fields of the stages after it; evaluation does not read
 # what only --mode=sample reads.

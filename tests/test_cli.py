@@ -298,6 +298,13 @@ def trained_workdir(tmp_path, config):
     fake_run(tmp_path, stage, config)
 
 
+def test_the_attention_implementation_is_not_a_different_run(run_main, jobs, tmp_path):
+  # Runs made when flax's attention was the default resume under the custom_vjp default.
+  trained_workdir(tmp_path, demo_config(stage2__attention="flax", stage2__num_train_steps=8))
+  code, out, stderr = run_main(demo_config(stage2__num_train_steps=8), "stage2", tmp_path)
+  assert code == 0 and "stage2: already complete" in out and not jobs, stderr
+
+
 def test_eval_is_complete_only_for_the_config_that_computed_it(run_main, jobs, tmp_path):
   config = demo_config()
   trained_workdir(tmp_path, config)
