@@ -96,10 +96,13 @@ def softmax_attention(query: jax.Array, key: jax.Array, value: jax.Array,
 
 
 def cpu_attention_groups(num_heads: int) -> int:
-  """Independent head groups for softmax_attention: one per core on a CPU, else 1."""
+  """Independent head groups for softmax_attention: one per core this process may run on
+  (as XLA's CPU thread pool sizes itself) on a CPU, else 1."""
   if jax.default_backend() != "cpu":
     return 1
-  return max(1, min(num_heads, len(os.sched_getaffinity(0))))
+  cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")  # not on macOS
+           else os.cpu_count() or 1)
+  return max(1, min(num_heads, cores))
 
 
 def _probabilities(query, key):
